@@ -1,0 +1,3 @@
+from robustfer.cli import main
+
+raise SystemExit(main())
