@@ -1,0 +1,23 @@
+"""Method registry: name -> class. Adding a method = its file + one line here + its tests."""
+from __future__ import annotations
+
+from robustfer.errors import RobustferError
+from robustfer.methods.base import Batch, Method, State, ViewSpec
+from robustfer.methods.ce import CE
+
+METHODS: dict[str, type[Method]] = {
+    "ce": CE,
+}
+
+
+def create_method(name: str, **options) -> Method:
+    """Instantiate method `name` with its options."""
+    if name not in METHODS:
+        raise RobustferError(f"unknown method {name!r}; `robustfer methods` lists them: {', '.join(METHODS)}")
+    try:
+        return METHODS[name](**options)
+    except TypeError as e:
+        raise RobustferError(f"bad option for method {name}: {e}") from None
+
+
+__all__ = ["METHODS", "Batch", "Method", "State", "ViewSpec", "create_method"]

@@ -1,0 +1,50 @@
+"""CE baseline: plain cross-entropy on the (possibly noisy) labels (methods.md §6).
+
+Official recipe: flip-or-noise augmentation + RandomErasing, Adam 2e-4, weight decay 1e-4, ExpLR(0.9),
+batch 64, 60 epochs. With FERPlus's non-majority label modes the target follows microsoft/FERPlus's
+`cost_func`: soft-target CE for `crossentropy`, a one-hot drawn from the vote distribution every batch
+for `probability`, and -log max_k(t_k p_k) for `multi_target` (t = (1-0.001)·[votes>0] + 0.001).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from robustfer import augment as A
+from robustfer.methods.base import Batch, Method, State, ViewSpec
+
+
+class CE(Method):
+    name = "ce"
+    summary = "cross-entropy on the given labels (the baseline)"
+    paper = "baseline of SCN (CVPR 2020), RUL (NeurIPS 2021), EAC (ECCV 2022)"
+    recipe = {"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-4, "schedule": "exp", "gamma": 0.9,
+              "batch_size": 64, "epochs": 60, "norm": "imagenet", "drop_last": False}
+
+    def __init__(self, label_smoothing: float = 0.0, label_mode: str = "majority", **options):
+        super().__init__(**options)
+        self.label_smoothing = float(label_smoothing)
+        self.label_mode = label_mode
+
+    def make_views(self, x, g, spec: ViewSpec):
+        if spec.recipe != "official":
+            return super().make_views(x, g, spec)
+        f = A.flip_or_noise(A.to_float(x, spec.channels), g)
+        f = A.normalize(A.resize(f, spec.size), spec.norm)
+        return {"weak": A.random_erasing(f, g, p=0.5, scale=(0.02, 0.25))}
+
+    def loss(self, model, batch: Batch, state: State):
+        logits = model(batch.views["weak"])
+        if self.label_mode == "majority" or batch.soft is None:
+            return F.cross_entropy(logits, batch.labels, label_smoothing=self.label_smoothing), {}
+        t = batch.soft
+        if self.label_mode == "probability":
+            pick = torch.multinomial(t.float(), 1, generator=batch.generator).squeeze(1)
+            return F.cross_entropy(logits, pick, label_smoothing=self.label_smoothing), {}
+        if self.label_mode == "crossentropy":
+            return F.cross_entropy(logits, t), {}
+        if self.label_mode == "multi_target":
+            t = (1 - 1e-3) * (t > 0).float() + 1e-3
+            p = logits.float().softmax(1)
+            return -torch.log((t * p).amax(1).clamp_min(1e-12)).mean(), {}
+        raise ValueError(f"unknown label mode {self.label_mode!r}")

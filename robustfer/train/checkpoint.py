@@ -1,0 +1,35 @@
+"""Atomic checkpoint files: write to a temp file in the same folder, then rename over the old one."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from robustfer.errors import RobustferError
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to `path` so that a kill at any moment leaves either the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a robustfer checkpoint, with a clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobustferError(f"checkpoint {path} does not exist: pass a last.pt or best.pt from a train run folder")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise RobustferError(f"checkpoint {path} cannot be read ({e.__class__.__name__}): it is not a robustfer checkpoint or is damaged") from None
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise RobustferError(f"checkpoint {path} is not a robustfer checkpoint (no model/config): use a file written by `robustfer train`")
+    return ck

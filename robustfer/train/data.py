@@ -1,0 +1,34 @@
+"""Training and evaluation splits as the trainer needs them: read, noisy labels applied, limited."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from robustfer.data import FERData, load_dataset
+from robustfer.data.noise import apply_noise, read_noise_csv
+from robustfer.train.config import TrainConfig, parse_noise
+
+
+def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData, FERData]:
+    """(train, eval) for a config. Noise is applied to the whole split before --limit, so a noise file
+    written for the full split still matches, and the first N images get the same labels either way."""
+    kw = {"cache_dir": Path(cfg.cache_dir) if cfg.cache_dir else None}
+    if cfg.dataset == "ferplus":
+        kw["label_mode"] = cfg.label_mode
+    train = load_dataset(cfg.dataset, cfg.root, cfg.train_split, **kw)
+    evald = load_dataset(cfg.dataset, cfg.root, cfg.eval_split, **kw)
+    if cfg.noise_file:
+        train = read_noise_csv(cfg.noise_file, train)
+    elif cfg.noise:
+        kind, rate, seed = parse_noise(cfg.noise)
+        train = apply_noise(train, kind, rate, cfg.seed if seed is None else seed)
+    if cfg.limit:
+        train = train.subset(np.arange(min(cfg.limit, len(train))))
+    return train, evald
+
+
+def with_labels(data: FERData, labels: np.ndarray) -> FERData:
+    """A copy of `data` with other training labels."""
+    return replace(data, labels=np.asarray(labels, np.int64))
