@@ -20,7 +20,7 @@ from robustfer.data.cache import cached_array, decode_files, file_key
 from robustfer.data.classes import FERPLUS
 from robustfer.errors import RobustferError
 
-SPLITS = {"train": ("FER2013Train",), "valid": ("FER2013Valid",), "test": ("FER2013Test",),
+SPLITS = {"train": ("FER2013Train",), "valid": ("FER2013Valid",), "val": ("FER2013Valid",), "test": ("FER2013Test",),
           "trainvalid": ("FER2013Train", "FER2013Valid")}
 LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target")
 VOTE_NAMES = FERPLUS + ("unknown", "not_face")

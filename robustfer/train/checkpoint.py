@@ -33,3 +33,17 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
         raise RobustferError(f"checkpoint {path} is not a robustfer checkpoint (no model/config): use a file written by `robustfer train`")
     return ck
+
+
+def load_trained(path: Path, device: str = "cpu"):
+    """(test-time model in eval mode, ViewSpec dict, class names, config dict) from a train checkpoint."""
+    from robustfer.methods import create_method
+    from robustfer.models import create_backbone
+
+    ck = load_checkpoint(path)
+    cfg = ck["config"]
+    method = create_method(cfg["method"], **cfg.get("method_options", {}))
+    spec = ck["spec"]
+    model = method.build(create_backbone(cfg["model"], spec["channels"]), len(ck["classes"]))
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), spec, tuple(ck["classes"]), cfg

@@ -38,6 +38,7 @@ class TrainConfig:
     limit: int | None = None
     noise: str | None = None           # TYPE:RATE[:SEED]
     noise_file: str | None = None
+    imbalance: float | None = None     # long-tailed training subset: largest/smallest class = FACTOR
     label_mode: str = "majority"       # FERPlus label mode
     train_split: str = "train"
     eval_split: str = "test"

@@ -12,7 +12,8 @@ from robustfer.train.config import TrainConfig, parse_noise
 
 
 def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData, FERData]:
-    """(train, eval) for a config. Noise is applied to the whole split before --limit, so a noise file
+    """(train, eval) for a config. The long-tailed subset (--imbalance) is drawn by CLEAN label, after
+    noise, so noise and imbalance combine as in the NLA paper's setting. Noise is applied to the whole split before --limit, so a noise file
     written for the full split still matches, and the first N images get the same labels either way."""
     kw = {"cache_dir": Path(cfg.cache_dir) if cfg.cache_dir else None}
     if cfg.dataset == "ferplus":
@@ -24,6 +25,11 @@ def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData,
     elif cfg.noise:
         kind, rate, seed = parse_noise(cfg.noise)
         train = apply_noise(train, kind, rate, cfg.seed if seed is None else seed)
+    if cfg.imbalance:
+        from robustfer.data.imbalance import long_tailed_indices
+
+        train = train.subset(long_tailed_indices(train.labels if train.clean_labels is None else train.clean_labels,
+                                                 train.num_classes, cfg.imbalance, cfg.seed))
     if cfg.limit:
         train = train.subset(np.arange(min(cfg.limit, len(train))))
     return train, evald

@@ -215,6 +215,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
                                        "input_size_resolved": run.spec.size, "input_channels": run.spec.channels,
                                        "train_images": len(run.train_data), "eval_images": len(run.eval_data),
                                        "init_skipped_keys": run.init_skipped})
+        (out / "train_images.txt").write_text("".join(f + "\n" for f in run.train_data.files))
     from torch.utils.tensorboard import SummaryWriter
 
     start = run.state.epoch

@@ -1,0 +1,226 @@
+"""Command line: argument parsing and printing only; the work is in the packages."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from robustfer.errors import RobustferError
+
+DATASETS = ("ferplus", "rafdb", "affectnet", "fer2013", "folder")
+
+
+def _data_args(p: argparse.ArgumentParser, dataset_required: bool = True) -> None:
+    p.add_argument("--dataset", required=dataset_required, choices=DATASETS, help="data set layout")
+    p.add_argument("--root", required=dataset_required, help="the data set's folder, as its publisher ships it")
+    p.add_argument("--label-mode", default="majority",
+                   help="FERPlus label mode: majority, probability, crossentropy, multi_target")
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache (default $ROBUSTFER_CACHE or ~/.cache/robustfer)")
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise RobustferError(f"--method-opt {it!r}: expected KEY=VALUE, e.g. --method-opt label_smoothing=0.1")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_methods(args) -> None:
+    from robustfer.methods import METHODS
+
+    for name, cls in METHODS.items():
+        print(f"{name:10s} {cls.summary}  [{cls.paper}]")
+
+
+def cmd_data_summary(args) -> None:
+    from robustfer.data.summary import summarize_dataset
+
+    kw = {"cache_dir": args.cache_dir}
+    if args.dataset == "ferplus":
+        kw["label_mode"] = args.label_mode
+    s = summarize_dataset(args.dataset, args.root, tuple(args.splits.split(",")) if args.splits else None, **kw)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    splits = list(s)
+    classes = list(next(iter(s.values()))["per_class"])
+    t = Table(title=f"{args.dataset} ({args.root})")
+    t.add_column("class")
+    for sp in splits:
+        t.add_column(sp, justify="right")
+    for c in classes:
+        t.add_row(c, *[str(s[sp]["per_class"].get(c, 0)) for sp in splits])
+    t.add_row("total", *[str(s[sp]["images"]) for sp in splits])
+    console = Console()
+    console.print(t)
+    for sp in splits:
+        if "votes" in s[sp]:
+            v = s[sp]["votes"]
+            console.print(f"{sp}: {v['rows_in_label_csv']} rows in label.csv, {v['dropped']} dropped by the "
+                          f"{args.label_mode} rule; top class holds {v['mean_top_class_share']:.1%} of votes on "
+                          f"average, {v['unanimous_fraction']:.1%} unanimous, {v['two_plus_classes_with_2_votes']:.1%} "
+                          "with 2+ classes of 2+ votes")
+
+
+def cmd_noise(args) -> None:
+    from robustfer.data import load_dataset
+    from robustfer.data.noise import make_noise, write_noise_csv
+
+    kw = {"cache_dir": args.cache_dir}
+    if args.dataset == "ferplus":
+        kw["label_mode"] = args.label_mode
+    d = load_dataset(args.dataset, args.root, args.split, **kw)
+    noisy, flipped = make_noise(d.labels, d.classes, args.type, args.rate, args.seed)
+    write_noise_csv(args.out, d.files, d.classes, d.labels, noisy)
+    print(f"wrote {args.out}: {len(d)} images, {int(flipped.sum())} flipped ({flipped.mean():.2%}), "
+          f"{args.type} noise at rate {args.rate}, seed {args.seed}")
+
+
+def cmd_train(args) -> None:
+    from robustfer.train import TrainConfig, train
+
+    if args.resume:
+        summary = train(TrainConfig(dataset="", root="", out=args.out), resume=True, quiet=args.quiet)
+    else:
+        for name in ("dataset", "root", "method"):
+            if getattr(args, name) is None:
+                raise RobustferError(f"train needs --{name} (or --resume to continue the run in --out)")
+        cfg = TrainConfig(
+            dataset=args.dataset, root=args.root, out=args.out, method=args.method, model=args.model,
+            recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
+            device=args.device, precision=args.precision, input_size=args.input_size, init=args.init,
+            limit=args.limit, imbalance=args.imbalance, noise=args.noise, noise_file=args.noise_file, label_mode=args.label_mode,
+            train_split=args.train_split, eval_split=args.eval_split, cache_dir=args.cache_dir,
+            threads=args.threads, method_options=_kv(args.method_opt))
+        summary = train(cfg, quiet=args.quiet)
+    if summary:
+        print(f"last epoch: accuracy {summary['last']['accuracy']:.4f}, mean-class {summary['last']['mean_class_accuracy']:.4f}; "
+              f"best (epoch {summary['best']['epoch'] + 1}): accuracy {summary['best']['accuracy']:.4f}; "
+              f"{summary['wall_s']:.0f} s; run folder {args.out}")
+
+
+def cmd_eval(args) -> None:
+    import numpy as np
+    import torch
+
+    from robustfer.data import load_dataset
+    from robustfer.data.classes import canonical_name
+    from robustfer.evaluate import evaluate_predictions
+    from robustfer.models.predict import predict_logits
+    from robustfer.train.checkpoint import load_trained
+
+    path = Path(args.checkpoint)
+    ckpts = [("last", path / "last.pt"), ("best", path / "best.pt")] if path.is_dir() else [(path.stem, path)]
+    kw = {"cache_dir": args.cache_dir}
+    if args.dataset == "ferplus":
+        kw["label_mode"] = args.label_mode
+    results = {}
+    data = None
+    for tag, ck in ckpts:
+        model, spec, classes, _ = load_trained(ck)
+        if data is None:
+            data = load_dataset(args.dataset, args.root, args.split, **kw)
+            lookup = {c: i for i, c in enumerate(classes)}
+            missing = [c for c in data.classes if canonical_name(c) not in lookup]
+            if missing:
+                raise RobustferError(f"{args.root}: classes {missing} are not among the checkpoint's classes "
+                                     f"{list(classes)}: evaluate on a data set with the same classes")
+            labels = np.array([lookup[canonical_name(data.classes[y])] for y in data.labels], np.int64)
+            images = torch.from_numpy(np.array(data.images))
+        logits = predict_logits(model, images, spec["size"], spec["channels"], spec["norm"])
+        results[tag] = evaluate_predictions(logits.argmax(1).numpy(), labels, classes)
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else next(iter(results.values())), indent=2))
+        return
+    for tag, r in results.items():
+        print(f"{tag}: accuracy {r['accuracy']:.4f}  mean-class accuracy {r['mean_class_accuracy']:.4f}  ({r['n']} images)")
+        print("  per-class recall: " + ", ".join(f"{c} {v:.3f}" if v is not None else f"{c} -"
+                                                 for c, v in r["per_class_recall"].items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="robustfer", description="FER under noisy and ambiguous labels")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("methods", help="list the training methods")
+    s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("data", help="data set tools")
+    dsub = s.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("summary", help="images per split and class (FERPlus: vote statistics)")
+    _data_args(ds)
+    ds.add_argument("--splits", default=None, help="comma-separated splits (default: all of the data set)")
+    ds.add_argument("--json", action="store_true")
+    ds.set_defaults(func=cmd_data_summary)
+
+    s = sub.add_parser("noise", help="write noisy training labels (csv: image,clean_label,noisy_label,flipped)")
+    _data_args(s)
+    s.add_argument("--type", required=True, choices=("symmetric", "pair", "uneven"))
+    s.add_argument("--rate", type=float, required=True)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--split", default="train")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_noise)
+
+    s = sub.add_parser("train", help="train a model; writes the run folder --out")
+    _data_args(s, dataset_required=False)
+    s.add_argument("--method", default="ce")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--model", default="compact", help="compact, resnet18, resnet50")
+    s.add_argument("--recipe", default=None, choices=("official", "cpu"),
+                   help="official = the method's published recipe; cpu = the shared quick protocol "
+                        "(default: cpu for --model compact, official otherwise)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--weight-decay", type=float)
+    s.add_argument("--optimizer", choices=("adam", "sgd"))
+    s.add_argument("--schedule", choices=("constant", "exp", "onecycle", "cosine"))
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    s.add_argument("--input-size", type=int, help="network input size (default: the model's)")
+    s.add_argument("--init", help="pretrained weights for the backbone (.pth state_dict)")
+    s.add_argument("--limit", type=int, help="use the first N training images (smoke runs)")
+    s.add_argument("--noise", help="synthetic noise TYPE:RATE[:SEED], e.g. symmetric:0.3")
+    s.add_argument("--noise-file", help="noisy label csv written by `robustfer noise`")
+    s.add_argument("--imbalance", type=float, help="long-tailed training subset: largest/smallest class = FACTOR")
+    s.add_argument("--train-split", default="train")
+    s.add_argument("--eval-split", default="test")
+    s.add_argument("--threads", type=int, help="CPU threads for torch")
+    s.add_argument("--method-opt", action="append", metavar="KEY=VALUE", help="method option, repeatable")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="accuracy, mean-class accuracy, per-class recall, confusion matrix")
+    s.add_argument("--checkpoint", required=True, help="a .pt file, or a run folder (evaluates last.pt and best.pt)")
+    _data_args(s)
+    s.add_argument("--split", default="test")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RobustferError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: a train run continues from its last finished epoch with --resume", file=sys.stderr)
+        return 130
+    return 0
