@@ -4,9 +4,11 @@ from __future__ import annotations
 from robustfer.errors import RobustferError
 from robustfer.methods.base import Batch, Method, State, ViewSpec
 from robustfer.methods.ce import CE
+from robustfer.methods.nla import NLA
 
 METHODS: dict[str, type[Method]] = {
     "ce": CE,
+    "nla": NLA,
 }
 
 
