@@ -4,10 +4,14 @@ from __future__ import annotations
 from robustfer.errors import RobustferError
 from robustfer.methods.base import Batch, Method, State, ViewSpec
 from robustfer.methods.ce import CE
+from robustfer.methods.dnfer import DNFER
+from robustfer.methods.ncctfer import NCCTFER
 from robustfer.methods.nla import NLA
 
 METHODS: dict[str, type[Method]] = {
     "ce": CE,
+    "dnfer": DNFER,
+    "ncctfer": NCCTFER,
     "nla": NLA,
 }
 

@@ -69,7 +69,8 @@ def jsd_averaged_logits(z1: torch.Tensor, z2: torch.Tensor, reduction: str = "su
     """0.5 [KL(softmax(m) || softmax(z1)) + KL(softmax(m) || softmax(z2))], m = (z1 + z2) / 2 (LOGITS averaged).
 
     'sum' (official) sums each KL over batch and classes; 'mean' divides by the batch size. No
-    stop-gradient: the target softmax(m) carries gradient as well."""
+    stop-gradient, as officially; the path through the target softmax(m) then contributes exactly zero
+    (2 log softmax(m) - log p1 - log p2 is constant over classes), so only log p1 and log p2 pull."""
     m = 0.5 * (z1 + z2)
     log_pm = F.log_softmax(m, dim=1)
     pm = log_pm.exp()

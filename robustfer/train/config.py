@@ -36,6 +36,7 @@ class TrainConfig:
     norm: str | None = None
     init: str | None = None
     limit: int | None = None
+    eval_limit: int | None = None      # first N evaluation images (smoke runs)
     noise: str | None = None           # TYPE:RATE[:SEED]
     noise_file: str | None = None
     imbalance: float | None = None     # long-tailed training subset: largest/smallest class = FACTOR

@@ -32,6 +32,8 @@ def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData,
                                                  train.num_classes, cfg.imbalance, cfg.seed))
     if cfg.limit:
         train = train.subset(np.arange(min(cfg.limit, len(train))))
+    if cfg.eval_limit:
+        evald = evald.subset(np.arange(min(cfg.eval_limit, len(evald))))
     return train, evald
 
 

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from robustfer.errors import RobustferError
+from robustfer.models import create_backbone, create_model, load_init
+
+
+def test_compact_shapes_and_size():
+    m = create_model("compact", 8)
+    assert m(torch.zeros(2, 1, 48, 48)).shape == (2, 8)
+    assert m.backbone.forward_map(torch.zeros(2, 1, 48, 48)).shape == (2, 512, 3, 3)
+    assert 1.5e6 < sum(p.numel() for p in m.parameters()) < 3e6
+
+
+def test_resnet18_matches_torchvision_names():
+    import torchvision
+
+    bb = create_backbone("resnet18")
+    ref = torchvision.models.resnet18(weights=None).state_dict()
+    assert set(bb.state_dict()) == {k for k in ref if not k.startswith("fc.")}
+    assert bb(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+
+
+def test_load_face_pretrained_layout(tmp_path):
+    """The FER papers' ResNet-18 files: {'state_dict': {'module.conv1.weight': ..., 'module.fc.weight': (1000x512)}}."""
+    import torchvision
+
+    src = torchvision.models.resnet18(weights=None, num_classes=1000)
+    sd = {f"module.{k}": v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "ms_celeb.pth")
+    bb = create_backbone("resnet18")
+    skipped = load_init(bb, tmp_path / "ms_celeb.pth")
+    assert skipped == ["fc.bias", "fc.weight"]
+    assert torch.equal(bb.conv1.weight, src.conv1.weight)
+    assert torch.equal(bb.layer4[1].bn2.running_var, src.layer4[1].bn2.running_var)
+
+
+def test_load_plain_state_dict_roundtrip(tmp_path):
+    a, b = create_backbone("compact"), create_backbone("compact")
+    torch.save(a.state_dict(), tmp_path / "w.pt")
+    assert load_init(b, tmp_path / "w.pt") == []
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_load_rejects_other_architectures_and_files(tmp_path):
+    torch.save(create_backbone("compact").state_dict(), tmp_path / "compact.pt")
+    with pytest.raises(RobustferError, match="compact.pt does not fit this model"):
+        load_init(create_backbone("resnet18"), tmp_path / "compact.pt")
+    sd = create_backbone("resnet18").state_dict()
+    sd["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(RobustferError, match=r"shape mismatch at conv1.weight"):
+        load_init(create_backbone("resnet18"), tmp_path / "bad.pt")
+    with pytest.raises(RobustferError, match="does not exist"):
+        load_init(create_backbone("resnet18"), tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(RobustferError, match="not a readable PyTorch state_dict"):
+        load_init(create_backbone("resnet18"), tmp_path / "junk.pt")
+
+
+def test_unknown_model():
+    with pytest.raises(RobustferError, match="unknown model"):
+        create_model("vgg99", 8)
