@@ -64,13 +64,13 @@ def random_crop(x: torch.Tensor, g: torch.Generator, padding: int, fill: float |
         xp = F.pad(x, (padding,) * 4, mode="reflect")
     else:
         xp = F.pad(x, (padding,) * 4, value=float(fill))
-    span = 2 * padding + 1
+    span, wp = 2 * padding + 1, w + 2 * padding
     dy = (rand(n, g, x.device) * span).long()
     dx = (rand(n, g, x.device) * span).long()
-    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
-    out = xp.gather(2, rows)
-    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
-    return out.gather(3, cols)
+    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    # one gather over the flattened padded image: index (dy + i) * wp + dx + j per sample
+    flat = ((dy.view(n, 1, 1) + ar_h.view(1, h, 1)) * wp + dx.view(n, 1, 1) + ar_w.view(1, 1, w)).view(n, 1, h * w)
+    return xp.reshape(n, c, -1).gather(2, flat.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def gaussian_noise(x: torch.Tensor, g: torch.Generator, std: float, p: float = 1.0) -> torch.Tensor:
