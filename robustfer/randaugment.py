@@ -7,8 +7,9 @@ Cutout grey 127 anchored at max(0, c - 8)) and DNFER's `RandomAugment(2, 10)` (c
 
 Images are float N x C x H x W in [0, 1] (C = 1 or 3). The official numbers are for 224 px: translate
 pixels, Cutout size and base-view padding are multiplied by size/224 here (`scaled`), rotate/shear are
-scale-free. PIL and cv2 work in uint8: every op re-quantises to the 1/255 grid (rounding; PIL's blends
-truncate, a difference below 1/255). Grey images (C = 1, or 3 equal channels) make Color the identity,
+scale-free. PIL and cv2 work in uint8: every op re-quantises to the 1/255 grid (rounding; geometric ops,
+Equalize, Posterize and Solarize match PIL exactly, the enhance blends and AutoContrast within one grey
+level; tests/test_randaugment.py compares them). Grey images (C = 1, or 3 equal channels) make Color the identity,
 as it is in PIL and in DNFER's colour matrix.
 """
 from __future__ import annotations
@@ -111,7 +112,8 @@ def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """ImageEnhance.Color: blend with the grey version; the identity on 1-channel images."""
+    """ImageEnhance.Color: blend with the grey version (PIL's luma weights for both policies; DNFER's colour
+    matrix lists them in BGR order, which only matters for colour images); the identity on grey images."""
     if x.shape[1] == 1:
         return x
     return _blend(_luma(x).expand_as(x), x, factor)
