@@ -7,7 +7,7 @@ eps(e) = 1 - exp(-15 e / E); wrong ones use mu (0.30, 0.15) and a fixed, strongl
 covariance, so ambiguous mistakes (p_GT close to p_NN) keep weight and confident mistakes get almost
 none. A Jensen-Shannon term on averaged logits ties the image to its mirror:
 
-    L = 0.5 mean(CE) + 0.5 mean(w * CE) + 0.5 JSD(z, z'),  gradients through w and through softmax(m).
+    L = 0.5 mean(CE) + 0.5 mean(w * CE) + 0.5 JSD(z, z'),  gradients through w; none stopped anywhere.
 
 Choices where methods.md §3 is silent (each an option with the official behaviour as its default):
 - Covariances are built as the official code does, from a major-axis std s and a ratio k:
@@ -22,7 +22,13 @@ Choices where methods.md §3 is silent (each an option with the official behavio
 - Hard labels only: FERPlus soft label modes do not apply (the paper's loss is CE on y).
 - `--recipe cpu` (compact CNN, shared quick protocol): x is the shared weak view of every method
   (random crop + flip) instead of noise/erasing, so tables compare losses, not augmentations; x' is
-  still x mirrored. The JSD keeps its SUM reduction there too (option `jsd_reduction=mean` divides by N).
+  still x mirrored. The JSD keeps its SUM reduction there too (option `jsd_reduction=mean` divides by
+  N). Under SGD that sum (0.5 N times a per-sample term, 64 at batch 128) can dominate: a FERPlus probe
+  (3000 images, 20% noise, 4 epochs, --recipe cpu) collapsed to a constant prediction with `sum` and
+  trained with `mean`. Adam, the official optimiser, is insensitive to the overall scale.
+- E in eps(e) is the run's configured number of epochs (State.epochs), e counts from 0, as officially.
+- Options (--method-opt): lam_ce, lam_weighted, lam_jsd (0.5 each), slope (-15), ramp (true),
+  mu_correct, std_correct, ratio_correct, mu_wrong, std_wrong, ratio_wrong, jsd_reduction (sum).
 - Stats: per-sample `weight` (w, detached) so the trainer reports its mean on flipped vs clean labels.
 """
 from __future__ import annotations
