@@ -246,7 +246,7 @@ def test_train_smoke_with_noise_and_imbalance(ferplus_root, tmp_path):
 
     out = tmp_path / "r"
     train(TrainConfig(dataset="ferplus", root=str(ferplus_root), out=str(out), method="nla", epochs=1, limit=256,
-                      batch_size=32, noise="symmetric:0.2", imbalance=10), quiet=True)
+                      batch_size=32, noise="symmetric:0.2", imbalance=10, eval_limit=256), quiet=True)
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["weight_mean_flipped"] is not None and row["weight_mean_clean"] is not None
     assert 0 < row["weight_mean_flipped"] < 0.6 and "mean_class_accuracy" in row and "per_class_recall" in row
