@@ -162,10 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="decoded-image cache")
     p.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate, train nothing")
     p.add_argument("--verbose", action="store_true", help="show the trainer's progress")
+    p.add_argument("--cells", default=None,
+                   help="comma-separated cell tags to train (e.g. sym00_lt50,sym20_lt50); default all. The table "
+                        "lists only cells with results")
     args = p.parse_args(argv)
     args.limit = args.limit or None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     cells = grid()
+    if args.cells:
+        wanted = set(args.cells.split(","))
+        unknown = wanted - {c.tag for c in cells}
+        if unknown:
+            p.error(f"unknown cells {sorted(unknown)}; tags are {[c.tag for c in cells]}")
+        cells = [c for c in cells if c.tag in wanted]
     data = load_dataset("ferplus", str(args.root), "train", cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     counts = data.class_counts()
     todo, seconds = [], 0.0

@@ -54,6 +54,9 @@ class Method:
     paper = ""
     # The official recipe (methods.md); `--recipe cpu` replaces it by one shared quick protocol.
     recipe: dict = {}
+    # False where the loss scale makes plain SGD diverge (summed losses): then the compact model's
+    # default is the official (Adam) recipe rather than the shared SGD cpu recipe.
+    cpu_recipe_ok = True
 
     def __init__(self, **options):
         self.options = options

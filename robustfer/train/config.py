@@ -10,7 +10,7 @@ from robustfer.errors import RobustferError
 # The quick CPU protocol shared by every method in a CPU table (compact CNN, 48 px): SGD + one-cycle
 # reaches the compact CNN's accuracy in few epochs; the same settings for every method keeps tables fair.
 CPU_RECIPE = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
-              "batch_size": 128, "epochs": 30, "drop_last": True}
+              "batch_size": 128, "epochs": 15, "drop_last": True}
 
 
 @dataclass
@@ -72,11 +72,14 @@ def parse_noise(spec: str) -> tuple[str, float, int | None]:
     return kind, rate, seed
 
 
-def resolve(cfg: TrainConfig, method_recipe: dict) -> TrainConfig:
-    """Fill every unset option from the recipe (official = the method's, cpu = CPU_RECIPE)."""
+def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -> TrainConfig:
+    """Fill every unset option from the recipe (official = the method's, cpu = CPU_RECIPE).
+
+    Default: cpu for the compact model when the method trains stably under plain SGD
+    (`cpu_recipe_ok`), else the method's official recipe."""
     from dataclasses import replace
 
-    recipe = cfg.recipe or ("cpu" if cfg.model == "compact" else "official")
+    recipe = cfg.recipe or ("cpu" if cfg.model == "compact" and cpu_recipe_ok else "official")
     if recipe not in ("official", "cpu"):
         raise RobustferError(f"--recipe {recipe!r}: use official or cpu")
     base = {**method_recipe, **(CPU_RECIPE if recipe == "cpu" else {})}

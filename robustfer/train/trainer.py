@@ -74,7 +74,7 @@ class Run:
         if cfg.dataset == "ferplus" and cfg.method == "ce":
             method_opts.setdefault("label_mode", cfg.label_mode)
         self.method: Method = create_method(cfg.method, **method_opts)
-        self.cfg = cfg = resolve(cfg, self.method.recipe)
+        self.cfg = cfg = resolve(cfg, self.method.recipe, self.method.cpu_recipe_ok)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
