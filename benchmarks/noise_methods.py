@@ -74,11 +74,21 @@ class Cell:
         return self.spec if self.rate > 0 else None
 
 
+def scaled_warmup(method: str, epochs: int) -> dict:
+    """Warm-up shortened with the schedule: W * epochs / official epochs, at least 1 (e.g. NCCTFER 4 of 40 -> 1 of 10),
+    so a shortened run keeps the official share of warm-up instead of spending half of it warming up."""
+    m = create_method(method)
+    if not hasattr(m, "warmup"):
+        return {}
+    return {"warmup": max(1, round(m.warmup * epochs / m.recipe["epochs"]))}
+
+
 def config(args, method: str, cell: Cell, out: Path) -> TrainConfig:
     """The TrainConfig of one run."""
+    opts = scaled_warmup(method, args.epochs) if args.scale_warmup else {}
     return TrainConfig(dataset="ferplus", root=str(args.root), out=str(out), method=method, model="compact",
                        recipe=args.recipe, epochs=args.epochs, limit=args.limit, seed=args.seed,
-                       threads=args.threads, cache_dir=args.cache_dir, noise=cell.noise)
+                       threads=args.threads, cache_dir=args.cache_dir, noise=cell.noise, method_options=opts)
 
 
 def run_dir(args, method: str, cell: Cell) -> Path:
@@ -144,11 +154,16 @@ def table(args, cells: list[Cell], methods: list[str]) -> str:
                 f"| {cell.label} | {m} | {pct(s['last']['accuracy'])} | {pct(s['best']['accuracy'])} "
                 f"({s['best']['epoch']}) | {pct(s['last']['mean_class_accuracy'])} | "
                 f"{pct(s['best_mean_class']['mean_class_accuracy'])} ({s['best_mean_class']['epoch']}) | {delta} | {noise} |")
+    scaled = {m: scaled_warmup(m, args.epochs).get("warmup") for m in methods}
+    warm = ("scaled (" + ", ".join(f"{m} {w}" for m, w in scaled.items() if w) + " epochs)") if args.scale_warmup \
+        else "official"
     note = (f"FERPlus (majority labels) train, FER2013Test; compact CNN 48x48 from scratch, --recipe {args.recipe}, "
-            f"{args.epochs} epochs, --limit {args.limit or 'none'}, seed {args.seed}. Accuracies in %; epochs count "
+            f"{args.epochs} epochs, --limit {args.limit or 'none'}, seed {args.seed}, warm-up {warm}"
+            f". Accuracies in %; epochs count "
             f"from 0; 'flagged' = share of training samples not confident in the weak view (all 0 during warm-up).\n\n"
             f"Command: `.venv/bin/python benchmarks/noise_methods.py --epochs {args.epochs} "
-            f"--limit {args.limit or 0} --recipe {args.recipe} --out {args.out}`")
+            f"--limit {args.limit or 0} --recipe {args.recipe}{'' if args.scale_warmup else ' --official-warmup'} "
+            f"--out {args.out}`")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -169,7 +184,8 @@ def plot(args, methods: list[str], path: Path) -> Path | None:
             continue
         drawn = True
         ep = [r["epoch"] for r in rows]
-        warmup = getattr(create_method(m), "warmup", None)  # flags are all False before it ends
+        warmup = (scaled_warmup(m, args.epochs).get("warmup") if args.scale_warmup
+                  else getattr(create_method(m), "warmup", None))  # flags are all False before it ends
         for ax, key in zip(axes, ("noise_precision", "noise_recall", "flagged_fraction")):
             ys = [float("nan") if r.get(key) is None else r[key] for r in rows]
             line, = ax.plot(ep, ys, marker="o", label=m)
@@ -204,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noises", default=NOISES, help=f"comma-separated TYPE:RATE cells (default {NOISES})")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache")
+    p.add_argument("--official-warmup", dest="scale_warmup", action="store_false",
+                   help="keep the official warm-up epochs (default: scaled with --epochs / official epochs)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate, train nothing")
     p.add_argument("--verbose", action="store_true", help="show the trainer's progress")
     args = p.parse_args(argv)
