@@ -19,10 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from robustfer.data.base import FERData
-from robustfer.data.cache import cached_array, default_cache_dir, file_key
+from robustfer.data.cache import cached_array, decode_image, default_cache_dir, file_key
 from robustfer.data.classes import AFFECTNET
 from robustfer.errors import RobustferError
 
@@ -34,7 +33,6 @@ HEADER = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_heigh
 DROPPED = {8: "none", 9: "uncertain", 10: "no-face"}
 
 Box = tuple[int, int, int, int]
-
 
 def read_list(path: Path, num_classes: int) -> tuple[list[str], list[Box | None], list[int], str]:
     """Stream one csv list -> kept image paths, face boxes (None = whole image), labels, and a digest of
@@ -85,36 +83,11 @@ def read_list(path: Path, num_classes: int) -> tuple[list[str], list[Box | None]
             digest.update(f"{names[-1]}\0{box}\n".encode())
     return names, boxes, labels, digest.hexdigest()
 
-
-def decode_crop(path: Path, box: Box | None, size: int, channels: int, source: Path) -> np.ndarray:
-    """One image, cropped to its face box (clamped to the image) -> C x size x size uint8."""
-    try:
-        with Image.open(path) as im:
-            if box is not None:
-                x, y, w, h = box
-                l, t, r, b = max(0, x), max(0, y), min(im.width, x + w), min(im.height, y + h)
-                if r <= l or b <= t:
-                    raise RobustferError(
-                        f"face box {box} of {path} lies outside the {im.width}x{im.height} image: "
-                        f"fix its row in {source}")
-                im = im.crop((l, t, r, b))
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError:
-        raise RobustferError(f"missing image {path}: restore it or remove its row from {source}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise RobustferError(
-            f"corrupt image {path} ({e.__class__.__name__}): replace the file or remove its row from {source}") from None
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-
-
 def decode_crops(paths: list[Path], boxes: list[Box | None], size: int, channels: int, source: Path,
                  out: np.ndarray) -> np.ndarray:
     """Decode every crop into `out` (threads: PIL releases the GIL); the first error stops the rest."""
     def work(i: int) -> None:
-        out[i] = decode_crop(paths[i], boxes[i], size, channels, source)
+        out[i] = decode_image(paths[i], size, channels, boxes[i], source)
 
     pool = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2))
     try:
@@ -124,7 +97,6 @@ def decode_crops(paths: list[Path], boxes: list[Box | None], size: int, channels
         raise
     pool.shutdown()
     return out
-
 
 def load_affectnet(root: Path, split: str = "train", size: int = 112, channels: int = 3,
                    cache_dir: Path | None = None, num_classes: int = 8) -> FERData:

@@ -34,18 +34,28 @@ def file_key(paths: Sequence[Path], settings: str, content: Sequence[Path] = ())
     return h.hexdigest()[:24]
 
 
-def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image file -> C x size x size uint8; a missing or corrupt file is a RobustferError naming it."""
+def decode_image(path: Path, size: int, channels: int, box: tuple[int, int, int, int] | None = None,
+                 source: str | Path = "the label file") -> np.ndarray:
+    """One image file, cropped to `box` (x, y, w, h; clamped to the image) if given -> C x size x size uint8.
+    A missing or corrupt file, or a box outside the image, is a RobustferError naming it and `source`."""
     try:
         with Image.open(path) as im:
+            if box is not None:
+                x, y, w, h = box
+                l, t, r, b = max(0, x), max(0, y), min(im.width, x + w), min(im.height, y + h)
+                if r <= l or b <= t:
+                    raise RobustferError(f"face box {box} of {path} lies outside the {im.width}x{im.height} image: "
+                                         f"fix its row in {source}")
+                im = im.crop((l, t, r, b))
             im = im.convert("L" if channels == 1 else "RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
-        raise RobustferError(f"missing image {path}: restore it or remove its row from the label file") from None
+        raise RobustferError(f"missing image {path}: restore it or remove its row from {source}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise RobustferError(f"corrupt image {path} ({e.__class__.__name__}): replace the file or remove its row") from None
+        raise RobustferError(
+            f"corrupt image {path} ({e.__class__.__name__}): replace the file or remove its row from {source}") from None
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 

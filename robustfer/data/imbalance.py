@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from robustfer.data.noise import check_labels
 from robustfer.errors import RobustferError
 
 
@@ -72,12 +73,7 @@ def long_tailed_counts(counts: np.ndarray, factor: float) -> np.ndarray:
 def long_tailed_indices(labels: np.ndarray, num_classes: int, factor: float, seed: int) -> np.ndarray:
     """Sorted int64 indices of a long-tailed subset (see the module docstring), drawn per class with
     `np.random.default_rng(seed)`. Pass CLEAN labels so that noise and imbalance combine independently."""
-    y = np.asarray(labels)
-    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
-        raise RobustferError(f"labels must be a 1-D array of class indices, got shape {y.shape} dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise RobustferError(f"labels must lie in [0, {num_classes}), found {int(y.min())}..{int(y.max())}")
+    y = check_labels(labels, num_classes)
     keep = long_tailed_counts(np.bincount(y, minlength=num_classes), factor)
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(y == c), size=int(keep[c]), replace=False) for c in range(num_classes)]

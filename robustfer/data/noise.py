@@ -49,7 +49,7 @@ def _check_rate(rate: float, what: str = "noise rate") -> float:
     return r
 
 
-def _check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+def check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Labels must be a 1-D integer array of indices in [0, num_classes)."""
     y = np.asarray(labels)
     if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
@@ -79,14 +79,14 @@ def _flip_to_others(y: np.ndarray, num_classes: int, per_label_rate: np.ndarray 
 def symmetric_noise(labels: np.ndarray, num_classes: int, rate: float, seed: int) -> np.ndarray:
     """Symmetric noise: each label flips with probability `rate` to one of the OTHER C-1 classes, uniformly (SCN generate.py / LA-Net)."""
     r = _check_rate(rate)
-    y = _check_labels(labels, num_classes)
+    y = check_labels(labels, num_classes)
     return _flip_to_others(y, num_classes, r, seed)
 
 
 def pair_noise(labels: np.ndarray, classes: tuple[str, ...], rate: float, seed: int) -> np.ndarray:
     """Class-dependent noise: each label flips with probability `rate` along LA-Net's map by NAME (contempt->disgust, robustfer's choice)."""
     r = _check_rate(rate)
-    y = _check_labels(labels, len(classes))
+    y = check_labels(labels, len(classes))
     names = _canonical_classes(classes)
     index = {c: i for i, c in enumerate(names)}
     target = np.empty(len(names), np.int64)
@@ -108,7 +108,7 @@ def pair_noise(labels: np.ndarray, classes: tuple[str, ...], rate: float, seed: 
 def uneven_rates(labels: np.ndarray, classes: tuple[str, ...], rates: dict[str, float] | None = None,
                  rate: float | None = None) -> np.ndarray:
     """Per-class flip rates (C,) of the uneven profile (ReSup's usnoise file by default), optionally rescaled to overall `rate`."""
-    y = _check_labels(labels, len(classes))
+    y = check_labels(labels, len(classes))
     names = _canonical_classes(classes)
     profile = USNOISE if rates is None else {canonical_name(k): v for k, v in rates.items()}
     unknown = [k for k in profile if k not in names and rates is not None]
@@ -150,7 +150,7 @@ def uneven_noise(labels: np.ndarray, classes: tuple[str, ...], rates: dict[str, 
     multiplies the profile by the one factor that makes the EXPECTED overall rate on these labels equal
     `rate` (each class clipped at 1); a rate the profile cannot reach is an error.
     """
-    y = _check_labels(labels, len(classes))
+    y = check_labels(labels, len(classes))
     per_class = uneven_rates(y, classes, rates, rate)
     return _flip_to_others(y, len(classes), per_class[y], seed)
 
@@ -167,7 +167,7 @@ def make_noise(labels: np.ndarray, classes: tuple[str, ...], kind: str, rate: fl
         raise RobustferError(f"{kind} noise needs a rate: pass --rate as a fraction in [0, 1], e.g. 0.2")
     if rate is not None:
         rate = _check_rate(rate)
-    y = _check_labels(labels, len(classes))
+    y = check_labels(labels, len(classes))
     if kind == "symmetric":
         noisy = symmetric_noise(y, len(classes), rate, seed)
     elif kind == "pair":
@@ -207,8 +207,8 @@ def write_noise_csv(path: str | Path, files: list[str], classes: tuple[str, ...]
                     noisy: np.ndarray) -> Path:
     """Write the interface's noise file `image,clean_label,noisy_label,flipped` atomically (temp file + os.replace)."""
     path = Path(path)
-    clean = _check_labels(clean, len(classes))
-    noisy = _check_labels(noisy, len(classes))
+    clean = check_labels(clean, len(classes))
+    noisy = check_labels(noisy, len(classes))
     if not (len(files) == len(clean) == len(noisy)):
         raise RobustferError(
             f"{path}: {len(files)} images but {len(clean)} clean and {len(noisy)} noisy labels; pass one of each per image")
