@@ -32,8 +32,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 autocast on CUDA; fp32 on CPU (measured ~10x faster than bf16 on CPUs without
-    native bf16 instructions, e.g. this project's AVX2 EPYC; see BENCHMARKS.md)."""
+    """auto: bf16 autocast on CUDA; fp32 on CPU (16x faster than bf16 autocast on CPUs without native
+    bf16 instructions, e.g. this project's AVX2 EPYC: benchmarks/precision.py, BENCHMARKS.md)."""
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if name not in ("fp32", "bf16"):
