@@ -139,7 +139,7 @@ def cmd_eval(args) -> None:
             labels = np.array([lookup[canonical_name(data.classes[y])] for y in data.labels], np.int64)
             images = torch.from_numpy(np.array(data.images))
         logits = predict_logits(model, images, spec["size"], spec["channels"], spec["norm"])
-        results[tag] = evaluate_predictions(logits.argmax(1).numpy(), labels, classes)
+        results[tag] = evaluate_predictions(logits.argmax(1).numpy(), labels, classes, logits.numpy())
     if args.json:
         print(json.dumps(results if len(results) > 1 else next(iter(results.values())), indent=2))
         return

@@ -28,11 +28,19 @@ def mean_class_accuracy(cm: np.ndarray) -> float:
     return float(np.nanmean(r)) if np.any(~np.isnan(r)) else float("nan")
 
 
-def evaluate_predictions(pred: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """All evaluation figures of one split as a JSON-ready dict."""
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of samples whose label is among the k highest scores (NLA also logs top-2)."""
+    topk = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(topk == np.asarray(labels)[:, None], axis=1))) if len(labels) else float("nan")
+
+
+def evaluate_predictions(pred: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
+                         scores: np.ndarray | None = None) -> dict:
+    """All evaluation figures of one split as a JSON-ready dict (top-2 accuracy too when `scores` are given)."""
     cm = confusion_matrix(pred, labels, len(classes))
     recall = per_class_recall(cm)
-    return {
+    extra = {} if scores is None else {"top2_accuracy": topk_accuracy(scores, labels, 2)}
+    return {**extra,
         "accuracy": accuracy(pred, labels),
         "mean_class_accuracy": mean_class_accuracy(cm),
         "per_class_recall": {c: (None if np.isnan(r) else float(r)) for c, r in zip(classes, recall)},

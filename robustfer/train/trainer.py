@@ -189,7 +189,8 @@ class Run:
     def evaluate(self) -> dict:
         logits = predict_logits(self.model, self.eval_images, self.spec.size, self.spec.channels, self.spec.norm,
                                 precision=self.precision)
-        return evaluate_predictions(logits.argmax(1).cpu().numpy(), self.eval_data.labels, self.eval_data.classes)
+        scores = logits.cpu().numpy()
+        return evaluate_predictions(scores.argmax(1), self.eval_data.labels, self.eval_data.classes, scores)
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after: int | None = None) -> dict:
@@ -231,7 +232,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
             progress.start(f"epoch {epoch + 1}/{cfg.epochs}", run.steps_per_epoch * run.batch_size)
             row = {"epoch": epoch, **run.train_epoch(progress)}
             ev = run.evaluate()
-            row.update({k: ev[k] for k in ("accuracy", "mean_class_accuracy", "per_class_recall")})
+            row.update({k: ev[k] for k in ("accuracy", "mean_class_accuracy", "top2_accuracy", "per_class_recall")})
             run.history.append(row)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -3,6 +3,7 @@ import math
 import numpy as np
 
 from robustfer.evaluate import confusion_matrix, evaluate_predictions, mean_class_accuracy, noise_detection
+from robustfer.evaluate.metrics import topk_accuracy
 
 
 def test_confusion_and_mean_class_accuracy_by_hand():
@@ -26,3 +27,11 @@ def test_noise_detection_scores():
     flipped = np.array([1, 0, 1, 0, 1], bool)
     s = noise_detection(flagged, flipped)
     assert s == {"flagged_fraction": 0.6, "noise_precision": 2 / 3, "noise_recall": 2 / 3}
+
+
+def test_top2_accuracy():
+    scores = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    labels = np.array([1, 0, 2])
+    assert topk_accuracy(scores, labels, 1) == 0.0
+    assert topk_accuracy(scores, labels, 2) == 1 / 3
+    assert evaluate_predictions(scores.argmax(1), labels, ("a", "b", "c"), scores)["top2_accuracy"] == 1 / 3
