@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustfer.data.base import FERData
+from robustfer.data.base import FERData, check_header
 from robustfer.data.cache import cached_array, decode_image, default_cache_dir, file_key
 from robustfer.data.classes import AFFECTNET
 from robustfer.errors import RobustferError
@@ -45,11 +45,7 @@ def read_list(path: Path, num_classes: int) -> tuple[list[str], list[Box | None]
     digest = hashlib.sha256()
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != HEADER:
-            raise RobustferError(
-                f"{path} line 1: expected the header {','.join(HEADER)}, found {','.join(header or [])!r}; "
-                "use the csv as AffectNet ships it")
+        check_header(reader, path, HEADER, "use the csv as AffectNet ships it")
         for row in reader:
             n = reader.line_num
             if not row:

@@ -2,8 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
+
+from robustfer.errors import RobustferError
+
+
+def check_header(reader, path: Path, header: tuple[str, ...], fix: str) -> None:
+    """Read a csv reader's first row and require it to be `header` (an error names the file and the fix)."""
+    found = next(reader, None)
+    if found is None or tuple(h.strip() for h in found) != header:
+        raise RobustferError(
+            f"{path} line 1: expected the header {','.join(header)}, found {','.join(found or [])!r}; {fix}")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from robustfer.data.base import FERData
+from robustfer.data.base import FERData, check_header
 from robustfer.data.cache import cached_array, file_key
 from robustfer.data.classes import FER2013
 from robustfer.errors import RobustferError
@@ -30,11 +30,7 @@ def _rows(path: Path) -> Iterator[tuple[int, int, str, str, str]]:
     """Yield (line number, data row index, emotion, pixels, usage) for every row, checking the header."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != HEADER:
-            raise RobustferError(
-                f"{path} line 1: expected the header {','.join(HEADER)}, found {','.join(header or [])!r}; "
-                "use the fer2013.csv Kaggle ships")
+        check_header(reader, path, HEADER, "use the fer2013.csv Kaggle ships")
         i = 0
         for row in reader:
             if not row:
