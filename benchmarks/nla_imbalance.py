@@ -65,18 +65,23 @@ def grid() -> list[Cell]:
 
 
 def train_size(cell: Cell, full: int, counts: np.ndarray | None, limit: int | None) -> int:
-    """Training images of a cell (the long-tailed subset, then --limit), for the time estimate."""
-    n = full
+    """Training images of a cell: the whole long-tailed subset, or the first --limit images of the split."""
     if cell.imbalance and counts is not None:
-        n = int(long_tailed_counts(counts, cell.imbalance).sum())
-    return min(n, limit) if limit else n
+        return int(long_tailed_counts(counts, cell.imbalance).sum())
+    return min(full, limit) if limit else full
+
+
+def cell_limit(args, cell: Cell) -> int | None:
+    """--limit applies to the balanced cells only: cutting a long-tailed subset would change its factor."""
+    return None if cell.imbalance else args.limit
 
 
 def config(args, method: str, cell: Cell, out: Path):
     """The TrainConfig of one run."""
     return TrainConfig(
         dataset="ferplus", root=str(args.root), out=str(out), method=method, model="compact", recipe="cpu",
-        epochs=args.epochs, limit=args.limit, seed=args.seed, threads=args.threads, cache_dir=args.cache_dir,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        epochs=args.epochs, limit=cell_limit(args, cell), seed=args.seed, threads=args.threads, cache_dir=args.cache_dir,
         noise=f"symmetric:{cell.noise}" if cell.noise > 0 else None, imbalance=cell.imbalance,
         method_options=method_options(args, method))
 
@@ -91,8 +96,10 @@ def check_same_settings(args, out: Path) -> None:
     if not (out / "config.json").exists():
         return
     saved = json.loads((out / "config.json").read_text())
-    want = {"epochs": args.epochs, "limit": args.limit, "seed": args.seed,
+    want = {"epochs": args.epochs, "seed": args.seed, "optimizer": args.optimizer or "sgd",
             "method_options": method_options(args, saved.get("method", ""))}
+    if not saved.get("imbalance"):
+        want["limit"] = args.limit
     diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
     if diff:
         sys.exit(f"{out} was trained with other settings (saved, asked): {diff}; choose another --out")
@@ -142,9 +149,15 @@ def table(args, cells: list[Cell], methods: list[str]) -> str:
                 row.append(f"{100 * (s['nla']['last'][key] - s['ce']['last'][key]):+.2f}"
                            if "ce" in s and "nla" in s else "—")
         lines.append("| " + " | ".join(row) + " |")
-    note = (f"FERPlus (majority labels), FER2013Test; compact CNN 48x48, --recipe cpu, {args.epochs} epochs, "
-            f"--limit {args.limit or 'none'}, seed {args.seed}, NLA JSD reduction {args.nla_jsd}. Accuracies in %; best = best epoch "
-            f"(by accuracy / by mean-class accuracy).")
+    opt = (f"{args.optimizer} lr {args.lr} weight decay {args.weight_decay} (other settings of --recipe cpu)"
+           if args.optimizer else "--recipe cpu (SGD)")
+    flags = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("optimizer", "lr", "weight_decay")
+                    if getattr(args, k) is not None)
+    note = (f"FERPlus (majority labels), FER2013Test; compact CNN 48x48 from scratch, {opt}, one-cycle, batch 128, "
+            f"{args.epochs} epochs, --limit {args.limit or 'none'} (balanced cells only; the long-tailed subsets are "
+            f"whole), seed {args.seed}, NLA JSD reduction {args.nla_jsd}. Accuracies in %; best = best epoch "
+            f"(by accuracy / by mean-class accuracy).\n\nCommand: `.venv/bin/python benchmarks/nla_imbalance.py "
+            f"--epochs {args.epochs} --limit {args.limit or 0} --nla-jsd {args.nla_jsd}{flags} --out {args.out}`")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -158,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="ce,nla", help="comma-separated methods")
     p.add_argument("--nla-jsd", choices=("mean", "sum"), default="mean",
                    help="NLA's JSD reduction (official: sum; see the module docstring for why mean here)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                   help="override --recipe cpu's SGD for both methods (adam: scale-free, as both official recipes)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate with --optimizer (one-cycle)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay with --optimizer")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache")
     p.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate, train nothing")

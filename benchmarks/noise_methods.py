@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from robustfer.data import load_dataset
 from robustfer.methods import create_method
 from robustfer.train import TrainConfig, train
 
@@ -87,8 +88,28 @@ def config(args, method: str, cell: Cell, out: Path) -> TrainConfig:
     """The TrainConfig of one run."""
     opts = scaled_warmup(method, args.epochs) if args.scale_warmup else {}
     return TrainConfig(dataset="ferplus", root=str(args.root), out=str(out), method=method, model="compact",
-                       recipe=args.recipe, epochs=args.epochs, limit=args.limit, seed=args.seed,
+                       recipe=args.recipe, epochs=args.epochs, limit=args.limit, seed=args.seed, init=args.init,
                        threads=args.threads, cache_dir=args.cache_dir, noise=cell.noise, method_options=opts)
+
+
+def check_disjoint_init(args) -> None:
+    """Refuse an --init trained on any of the benchmark's training images (robustfer run folders record
+    the images they trained on in train_images.txt), or on the test split."""
+    if args.init is None:
+        return
+    listing = Path(args.init).parent / "train_images.txt"
+    if not listing.exists():
+        print(f"note: {listing} not found; cannot check that --init never saw the benchmark's images", flush=True)
+        return
+    seen = set(listing.read_text().split())
+    data = load_dataset("ferplus", str(args.root), "train", cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    test = load_dataset("ferplus", str(args.root), "test", cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    overlap = seen & set(data.files[:args.limit or len(data)]) | seen & set(test.files)
+    if overlap:
+        sys.exit(f"--init {args.init} was trained on {len(overlap)} of the benchmark's training or test images "
+                 f"(e.g. {sorted(overlap)[0]}); pretrain with `robustfer train --offset {args.limit or len(data)}`")
+    print(f"--init {args.init}: trained on {len(seen)} images, none of them in the benchmark's {args.limit} "
+          f"training images or the test split", flush=True)
 
 
 def run_dir(args, method: str, cell: Cell) -> Path:
@@ -100,7 +121,8 @@ def check_same_settings(args, out: Path) -> None:
     if not (out / "config.json").exists():
         return
     saved = json.loads((out / "config.json").read_text())
-    want = {"epochs": args.epochs, "limit": args.limit, "seed": args.seed, "recipe": args.recipe}
+    want = {"epochs": args.epochs, "limit": args.limit, "seed": args.seed, "recipe": args.recipe,
+            "init": str(args.init) if args.init else None}
     diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
     if diff:
         sys.exit(f"{out} was trained with other settings (saved, asked): {diff}; choose another --out")
@@ -157,12 +179,14 @@ def table(args, cells: list[Cell], methods: list[str]) -> str:
     scaled = {m: scaled_warmup(m, args.epochs).get("warmup") for m in methods}
     warm = ("scaled (" + ", ".join(f"{m} {w}" for m, w in scaled.items() if w) + " epochs)") if args.scale_warmup \
         else "official"
-    note = (f"FERPlus (majority labels) train, FER2013Test; compact CNN 48x48 from scratch, --recipe {args.recipe}, "
+    start = f"encoder initialised from {args.init}" if args.init else "from scratch"
+    note = (f"FERPlus (majority labels) train, FER2013Test; compact CNN 48x48 {start}, --recipe {args.recipe}, "
             f"{args.epochs} epochs, --limit {args.limit or 'none'}, seed {args.seed}, warm-up {warm}"
             f". Accuracies in %; epochs count "
             f"from 0; 'flagged' = share of training samples not confident in the weak view (all 0 during warm-up).\n\n"
             f"Command: `.venv/bin/python benchmarks/noise_methods.py --epochs {args.epochs} "
-            f"--limit {args.limit or 0} --recipe {args.recipe}{'' if args.scale_warmup else ' --official-warmup'} "
+            f"--limit {args.limit or 0} --recipe {args.recipe}{'' if args.scale_warmup else ' --official-warmup'}"
+            f"{f' --init {args.init}' if args.init else ''} "
             f"--out {args.out}`")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
@@ -218,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="official: each method's own optimiser/lr/batch/schedule (default); cpu: the shared SGD one")
     p.add_argument("--methods", default=METHODS, help=f"comma-separated methods (default {METHODS})")
     p.add_argument("--noises", default=NOISES, help=f"comma-separated TYPE:RATE cells (default {NOISES})")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start every run's encoder from this checkpoint (heads fresh), as the papers start from "
+                        "pretrained weights; e.g. a CE model trained on training images disjoint from --limit's")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache")
     p.add_argument("--official-warmup", dest="scale_warmup", action="store_false",
@@ -242,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         for m, cell in todo:
             print(f"  {m:7s} {cell.label}")
         return 0
+    check_disjoint_init(args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for m, cell in todo:
         run_cell(args, m, cell)

@@ -100,7 +100,7 @@ def cmd_train(args) -> None:
             recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
             device=args.device, precision=args.precision, input_size=args.input_size, init=args.init,
-            limit=args.limit, eval_limit=args.eval_limit, imbalance=args.imbalance, noise=args.noise, noise_file=args.noise_file, label_mode=args.label_mode,
+            limit=args.limit, offset=args.offset, eval_limit=args.eval_limit, imbalance=args.imbalance, noise=args.noise, noise_file=args.noise_file, label_mode=args.label_mode,
             train_split=args.train_split, eval_split=args.eval_split, cache_dir=args.cache_dir,
             threads=args.threads, method_options=_kv(args.method_opt))
         summary = train(cfg, quiet=args.quiet)
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-size", type=int, help="network input size (default: the model's)")
     s.add_argument("--init", help="pretrained weights for the backbone (.pth state_dict)")
     s.add_argument("--limit", type=int, help="use the first N training images (smoke runs)")
+    s.add_argument("--offset", type=int, help="skip the first N training images (with --limit: images N..N+limit)")
     s.add_argument("--eval-limit", type=int, help="evaluate on the first N images of --eval-split (smoke runs)")
     s.add_argument("--noise", help="synthetic noise TYPE:RATE[:SEED], e.g. symmetric:0.3")
     s.add_argument("--noise-file", help="noisy label csv written by `robustfer noise`")

@@ -36,6 +36,7 @@ class TrainConfig:
     norm: str | None = None
     init: str | None = None
     limit: int | None = None
+    offset: int | None = None          # skip the first N training images (before --limit)
     eval_limit: int | None = None      # first N evaluation images (smoke runs)
     noise: str | None = None           # TYPE:RATE[:SEED]
     noise_file: str | None = None

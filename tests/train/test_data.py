@@ -1,0 +1,20 @@
+"""The trainer's training-split selection: --limit and --offset."""
+import numpy as np
+
+from robustfer.train import TrainConfig
+from robustfer.train.data import load_splits
+
+
+def test_offset_and_limit_select_a_disjoint_slice_with_the_same_noisy_labels(ferplus_root, tmp_path):
+    """--offset 100 --limit 50 = images 100..149 of the split, labelled as in a run over the whole split."""
+    base = dict(dataset="ferplus", root=str(ferplus_root), out=str(tmp_path), noise="symmetric:0.3", seed=2,
+                eval_limit=8)
+    whole, _ = load_splits(TrainConfig(**base))
+    part, _ = load_splits(TrainConfig(**base, offset=100, limit=50))
+    head, _ = load_splits(TrainConfig(**base, limit=100))
+    assert part.files == whole.files[100:150]
+    assert np.array_equal(part.labels, whole.labels[100:150])
+    assert np.array_equal(part.images, whole.images[100:150])
+    assert not set(part.files) & set(head.files)
+    tail, _ = load_splits(TrainConfig(**base, offset=len(whole) - 3))
+    assert tail.files == whole.files[-3:]
