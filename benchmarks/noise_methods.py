@@ -88,7 +88,7 @@ def config(args, method: str, cell: Cell, out: Path) -> TrainConfig:
     """The TrainConfig of one run."""
     opts = scaled_warmup(method, args.epochs) if args.scale_warmup else {}
     return TrainConfig(dataset="ferplus", root=str(args.root), out=str(out), method=method, model="compact",
-                       recipe=args.recipe, epochs=args.epochs, limit=args.limit, seed=args.seed, init=args.init,
+                       recipe=args.recipe, epochs=args.epochs, limit=args.limit, seed=args.seed, init=str(args.init) if args.init else None,
                        threads=args.threads, cache_dir=args.cache_dir, noise=cell.noise, method_options=opts)
 
 

@@ -50,7 +50,7 @@ class TrainConfig:
     drop_last: bool | None = None
 
     def save(self, path: Path, extra: dict) -> None:
-        Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2))
+        Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2, default=str))  # Paths from the Python API
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":

@@ -18,3 +18,11 @@ def test_offset_and_limit_select_a_disjoint_slice_with_the_same_noisy_labels(fer
     assert not set(part.files) & set(head.files)
     tail, _ = load_splits(TrainConfig(**base, offset=len(whole) - 3))
     assert tail.files == whole.files[-3:]
+
+
+def test_config_saves_paths_given_through_the_python_api(tmp_path):
+    """TrainConfig fields given as Path objects (Python API) are written as strings and read back."""
+    cfg = TrainConfig(dataset="ferplus", root=tmp_path / "data", out=str(tmp_path / "run"), init=tmp_path / "w.pt")
+    cfg.save(tmp_path / "config.json", {"version": "x"})
+    back = TrainConfig.load(tmp_path / "config.json")
+    assert back.root == str(tmp_path / "data") and back.init == str(tmp_path / "w.pt")
