@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="decoded-image cache")
     p.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate, train nothing")
     p.add_argument("--verbose", action="store_true", help="show the trainer's progress")
+    p.add_argument("--table", action="store_true", help="only write table.md from the finished runs")
     p.add_argument("--cells", default=None,
                    help="comma-separated cell tags to train (e.g. sym00_lt50,sym20_lt50); default all. The table "
                         "lists only cells with results")
@@ -204,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                 seconds += args.epochs * SEC_PER_IMAGE * (COST.get(m, 2.0) * n + 3137 / 3)
     print(f"{len(todo)} of {len(cells) * len(methods)} runs to train, about {seconds / 3600:.1f} h on 2 idle cores "
           f"({args.epochs} epochs, limit {args.limit or 'none'})", flush=True)
-    if args.dry_run:
+    if args.table:
+        todo = []
+    elif args.dry_run:
         for m, cell in todo:
             print(f"  {m:4s} {cell.label}: {train_size(cell, len(data), counts, args.limit)} images")
         return 0

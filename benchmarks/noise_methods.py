@@ -14,6 +14,17 @@ Cells: symmetric noise 0, 30, 50% and pair (LA-Net class-dependent) noise 30%. T
 epoch; the table gives last and best epoch accuracy and mean-class accuracy; for symmetric 30% a plot
 of DNFER's and NCCTFER's noise precision/recall (non-confident flag vs true flips) over epochs.
 
+Pretrained start (`--init`): the papers fine-tune a face-pretrained ResNet-18; the CPU analogue is a
+compact CNN trained with CE on CLEAN labels of training images disjoint from the benchmark's first
+`--limit` images (`robustfer train --method ce --offset N`, N >= --limit); every method then starts
+from that encoder with fresh heads. The script refuses an --init whose run folder lists any of the
+benchmark's training images or test images (train_images.txt):
+
+    .venv/bin/robustfer train --dataset ferplus --root ../shared/data/ferplus --method ce --offset 6000 \
+        --epochs 6 --out benchmarks/out/pretrain_offset6000
+    .venv/bin/python benchmarks/noise_methods.py --epochs 6 --limit 4000 \
+        --init benchmarks/out/pretrain_offset6000/last.pt --out benchmarks/out/noise_init
+
 Sizing: a compact-CNN CE epoch on the 25k training images takes about 2 minutes on 2 idle cores, the
 two-view methods about twice that. The defaults (--epochs 12 --limit 5500) are about 2 hours;
 `--dry-run` prints the plan and the estimate. Cells whose summary.json exists are skipped; interrupted
