@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep the official warm-up epochs (default: scaled with --epochs / official epochs)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate, train nothing")
     p.add_argument("--verbose", action="store_true", help="show the trainer's progress")
+    p.add_argument("--table", action="store_true", help="only write table.md and the plot from the finished runs")
     args = p.parse_args(argv)
     args.limit = args.limit or None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -276,11 +277,14 @@ def main(argv: list[str] | None = None) -> int:
                 seconds += args.epochs * SEC_PER_IMAGE * (COST.get(m, 2.0) * n + TEST_IMAGES / 3)
     print(f"{len(todo)} of {len(cells) * len(methods)} runs to train, about {seconds / 3600:.1f} h on 2 idle cores "
           f"({args.epochs} epochs, limit {args.limit or 'none'}, recipe {args.recipe})", flush=True)
-    if args.dry_run:
+    if args.table:
+        todo = []
+    elif args.dry_run:
         for m, cell in todo:
             print(f"  {m:7s} {cell.label}")
         return 0
-    check_disjoint_init(args)
+    else:
+        check_disjoint_init(args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for m, cell in todo:
         run_cell(args, m, cell)
