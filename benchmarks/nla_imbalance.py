@@ -102,6 +102,7 @@ def check_same_settings(args, out: Path) -> None:
     saved = json.loads((out / "config.json").read_text())
     want = {"epochs": args.epochs, "seed": args.seed, "optimizer": args.optimizer or "sgd",
             "method_options": method_options(args, saved.get("method", ""))}
+    want.update({k: getattr(args, k) for k in ("lr", "weight_decay") if getattr(args, k) is not None})
     if not saved.get("imbalance"):
         want["limit"] = args.limit
     diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}

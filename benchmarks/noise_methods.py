@@ -99,7 +99,7 @@ def config(args, method: str, cell: Cell, out: Path) -> TrainConfig:
     """The TrainConfig of one run."""
     opts = scaled_warmup(method, args.epochs) if args.scale_warmup else {}
     return TrainConfig(dataset="ferplus", root=str(args.root), out=str(out), method=method, model="compact",
-                       recipe=args.recipe, epochs=args.epochs, limit=args.limit, seed=args.seed, init=str(args.init) if args.init else None,
+                       recipe=args.recipe, epochs=args.epochs, limit=args.limit, seed=args.seed, init=args.init,
                        threads=args.threads, cache_dir=args.cache_dir, noise=cell.noise, method_options=opts)
 
 
@@ -113,8 +113,8 @@ def check_disjoint_init(args) -> None:
         print(f"note: {listing} not found; cannot check that --init never saw the benchmark's images", flush=True)
         return
     seen = set(listing.read_text().split())
-    data = load_dataset("ferplus", str(args.root), "train", cache_dir=Path(args.cache_dir) if args.cache_dir else None)
-    test = load_dataset("ferplus", str(args.root), "test", cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    data, test = (load_dataset("ferplus", str(args.root), split, cache_dir=cache) for split in ("train", "test"))
     overlap = seen & set(data.files[:args.limit or len(data)]) | seen & set(test.files)
     if overlap:
         sys.exit(f"--init {args.init} was trained on {len(overlap)} of the benchmark's training or test images "
@@ -133,7 +133,7 @@ def check_same_settings(args, out: Path) -> None:
         return
     saved = json.loads((out / "config.json").read_text())
     want = {"epochs": args.epochs, "limit": args.limit, "seed": args.seed, "recipe": args.recipe,
-            "init": str(args.init) if args.init else None}
+            "init": args.init}
     diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
     if diff:
         sys.exit(f"{out} was trained with other settings (saved, asked): {diff}; choose another --out")
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="official: each method's own optimiser/lr/batch/schedule (default); cpu: the shared SGD one")
     p.add_argument("--methods", default=METHODS, help=f"comma-separated methods (default {METHODS})")
     p.add_argument("--noises", default=NOISES, help=f"comma-separated TYPE:RATE cells (default {NOISES})")
-    p.add_argument("--init", type=Path, default=None,
+    p.add_argument("--init", default=None,
                    help="start every run's encoder from this checkpoint (heads fresh), as the papers start from "
                         "pretrained weights; e.g. a CE model trained on training images disjoint from --limit's")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
