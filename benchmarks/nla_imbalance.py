@@ -37,6 +37,8 @@ from robustfer.data import load_dataset
 from robustfer.data.imbalance import long_tailed_counts
 from robustfer.train import TrainConfig, train
 
+from common import check_disjoint_init
+
 ROOT = Path(__file__).resolve().parents[1]
 FERPLUS = ROOT.parent / "shared" / "data" / "ferplus"
 NOISE_RATES = (0.0, 0.1, 0.2, 0.3)
@@ -68,22 +70,24 @@ def grid() -> list[Cell]:
     return [Cell(r) for r in NOISE_RATES] + [Cell(r, f) for f in FACTORS for r in (0.0, 0.2)]
 
 
-def train_size(cell: Cell, full: int, counts: np.ndarray | None, limit: int | None) -> int:
-    """Training images of a cell: the whole long-tailed subset, or the first --limit images of the split."""
-    if cell.imbalance and counts is not None:
-        return int(long_tailed_counts(counts, cell.imbalance).sum())
-    return min(full, limit) if limit else full
+def train_size(args, cell: Cell, labels: np.ndarray, num_classes: int) -> int:
+    """Training images of a cell: the long-tailed subset of the first --pool images, or the first --limit."""
+    n = cell_limit(args, cell) or len(labels)
+    if cell.imbalance:
+        return int(long_tailed_counts(np.bincount(labels[:n], minlength=num_classes), cell.imbalance).sum())
+    return min(n, len(labels))
 
 
 def cell_limit(args, cell: Cell) -> int | None:
-    """--limit applies to the balanced cells only: cutting a long-tailed subset would change its factor."""
-    return None if cell.imbalance else args.limit
+    """Images a cell draws from: the first --limit (balanced cells) or the first --pool (long-tailed subsets)."""
+    return args.pool if cell.imbalance else args.limit
 
 
 def config(args, method: str, cell: Cell, out: Path):
     """The TrainConfig of one run."""
     return TrainConfig(
-        dataset="ferplus", root=str(args.root), out=str(out), method=method, model="compact", recipe="cpu",
+        dataset="ferplus", root=str(args.root), out=str(out), method=method, model="compact", recipe=args.recipe,
+        init=args.init,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         epochs=args.epochs, limit=cell_limit(args, cell), seed=args.seed, threads=args.threads, cache_dir=args.cache_dir,
         noise=f"symmetric:{cell.noise}" if cell.noise > 0 else None, imbalance=cell.imbalance,
@@ -100,11 +104,12 @@ def check_same_settings(args, out: Path) -> None:
     if not (out / "config.json").exists():
         return
     saved = json.loads((out / "config.json").read_text())
-    want = {"epochs": args.epochs, "seed": args.seed, "optimizer": args.optimizer or "sgd",
+    want = {"epochs": args.epochs, "seed": args.seed, "recipe": args.recipe, "init": args.init,
+            "limit": args.pool if saved.get("imbalance") else args.limit,
             "method_options": method_options(args, saved.get("method", ""))}
-    want.update({k: getattr(args, k) for k in ("lr", "weight_decay") if getattr(args, k) is not None})
-    if not saved.get("imbalance"):
-        want["limit"] = args.limit
+    want.update({k: getattr(args, k) for k in ("optimizer", "lr", "weight_decay") if getattr(args, k) is not None})
+    if args.recipe == "cpu" and args.optimizer is None:
+        want["optimizer"] = "sgd"
     diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
     if diff:
         sys.exit(f"{out} was trained with other settings (saved, asked): {diff}; choose another --out")
@@ -154,15 +159,21 @@ def table(args, cells: list[Cell], methods: list[str]) -> str:
                 row.append(f"{100 * (s['nla']['last'][key] - s['ce']['last'][key]):+.2f}"
                            if "ce" in s and "nla" in s else "—")
         lines.append("| " + " | ".join(row) + " |")
-    opt = (f"{args.optimizer} lr {args.lr} weight decay {args.weight_decay} (other settings of --recipe cpu)"
-           if args.optimizer else "--recipe cpu (SGD)")
-    flags = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("optimizer", "lr", "weight_decay")
+    if args.recipe == "official":
+        opt = "each method's official recipe (CE: Adam 2e-4, batch 64; NLA: Adam 1e-4, batch 32; weight decay 1e-4, ExpLR 0.9; official augmentations)"
+    elif args.optimizer:
+        opt = f"{args.optimizer} lr {args.lr} weight decay {args.weight_decay}, one-cycle, batch 128 (other settings of --recipe cpu)"
+    else:
+        opt = "--recipe cpu (SGD, one-cycle, batch 128)"
+    flags = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("optimizer", "lr", "weight_decay", "pool", "init")
                     if getattr(args, k) is not None)
-    note = (f"FERPlus (majority labels), FER2013Test; compact CNN 48x48 from scratch, {opt}, one-cycle, batch 128, "
-            f"{args.epochs} epochs, --limit {args.limit or 'none'} (balanced cells only; the long-tailed subsets are "
-            f"whole), seed {args.seed}, NLA JSD reduction {args.nla_jsd}. Accuracies in %; best = best epoch "
+    start = f"encoder initialised from {args.init} (heads fresh)" if args.init else "from scratch"
+    pool = f"the first {args.pool} training images" if args.pool else "the whole split"
+    note = (f"FERPlus (majority labels), FER2013Test; compact CNN 48x48 {start}, {opt}, "
+            f"{args.epochs} epochs, seed {args.seed}, NLA JSD reduction {args.nla_jsd}. Balanced cells: the first "
+            f"{args.limit or 'all'} training images; long-tailed subsets drawn from {pool}. Accuracies in %; best = best epoch "
             f"(by accuracy / by mean-class accuracy).\n\nCommand: `.venv/bin/python benchmarks/nla_imbalance.py "
-            f"--epochs {args.epochs} --limit {args.limit or 0} --nla-jsd {args.nla_jsd}{flags} --out {args.out}`")
+            f"--recipe {args.recipe} --epochs {args.epochs} --limit {args.limit or 0} --nla-jsd {args.nla_jsd}{flags} --out {args.out}`")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -174,8 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=8000, help="first N training images of each cell's split (0 = all)")
     p.add_argument("--seed", type=int, default=1, help="seed of the model, the noise and the subset")
     p.add_argument("--methods", default="ce,nla", help="comma-separated methods")
-    p.add_argument("--nla-jsd", choices=("mean", "sum"), default="mean",
-                   help="NLA's JSD reduction (official: sum; see the module docstring for why mean here)")
+    p.add_argument("--nla-jsd", choices=("mean", "sum"), default=None,
+                   help="NLA's JSD reduction (default: sum, the official, with --recipe official; mean with --recipe cpu, "
+                        "see the module docstring)")
+    p.add_argument("--recipe", choices=("cpu", "official"), default="cpu",
+                   help="cpu: the shared SGD protocol for both methods; official: each method's own recipe and views")
+    p.add_argument("--init", default=None,
+                   help="start every run from this checkpoint's encoder (heads fresh); refused if it was trained on "
+                        "any image a cell draws from (pretrain with `robustfer train --offset N`)")
+    p.add_argument("--pool", type=int, default=None,
+                   help="draw the long-tailed subsets from the first N training images (default: the whole split)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
                    help="override --recipe cpu's SGD for both methods (adam: scale-free, as both official recipes)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate with --optimizer (one-cycle)")
@@ -190,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                         "lists only cells with results")
     args = p.parse_args(argv)
     args.limit = args.limit or None
+    args.nla_jsd = args.nla_jsd or ("sum" if args.recipe == "official" else "mean")
+    if args.recipe == "official" and (args.optimizer or args.lr or args.weight_decay):
+        p.error("--optimizer/--lr/--weight-decay override --recipe cpu; --recipe official keeps each method's own")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     cells = grid()
     if args.cells:
@@ -199,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown cells {sorted(unknown)}; tags are {[c.tag for c in cells]}")
         cells = [c for c in cells if c.tag in wanted]
     data = load_dataset("ferplus", str(args.root), "train", cache_dir=Path(args.cache_dir) if args.cache_dir else None)
-    counts = data.class_counts()
+    if not args.table:
+        check_disjoint_init(args.init, args.root, args.cache_dir, max(cell_limit(args, c) or len(data) for c in cells))
     todo, seconds = [], 0.0
     for cell in cells:
-        n = train_size(cell, len(data), counts, args.limit)
+        n = train_size(args, cell, data.labels, data.num_classes)
         for m in methods:
             check_same_settings(args, Path(args.out) / f"{m}_{cell.tag}")
             if not (Path(args.out) / f"{m}_{cell.tag}" / "summary.json").exists():
@@ -214,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         todo = []
     elif args.dry_run:
         for m, cell in todo:
-            print(f"  {m:4s} {cell.label}: {train_size(cell, len(data), counts, args.limit)} images")
+            print(f"  {m:4s} {cell.label}: {train_size(args, cell, data.labels, data.num_classes)} images")
         return 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for m, cell in todo:

@@ -42,9 +42,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from robustfer.data import load_dataset
 from robustfer.methods import create_method
 from robustfer.train import TrainConfig, train
+
+from common import check_disjoint_init
 
 ROOT = Path(__file__).resolve().parents[1]
 FERPLUS = ROOT.parent / "shared" / "data" / "ferplus"
@@ -101,26 +102,6 @@ def config(args, method: str, cell: Cell, out: Path) -> TrainConfig:
     return TrainConfig(dataset="ferplus", root=str(args.root), out=str(out), method=method, model="compact",
                        recipe=args.recipe, epochs=args.epochs, limit=args.limit, seed=args.seed, init=args.init,
                        threads=args.threads, cache_dir=args.cache_dir, noise=cell.noise, method_options=opts)
-
-
-def check_disjoint_init(args) -> None:
-    """Refuse an --init trained on any of the benchmark's training images (robustfer run folders record
-    the images they trained on in train_images.txt), or on the test split."""
-    if args.init is None:
-        return
-    listing = Path(args.init).parent / "train_images.txt"
-    if not listing.exists():
-        print(f"note: {listing} not found; cannot check that --init never saw the benchmark's images", flush=True)
-        return
-    seen = set(listing.read_text().split())
-    cache = Path(args.cache_dir) if args.cache_dir else None
-    data, test = (load_dataset("ferplus", str(args.root), split, cache_dir=cache) for split in ("train", "test"))
-    overlap = seen & set(data.files[:args.limit or len(data)]) | seen & set(test.files)
-    if overlap:
-        sys.exit(f"--init {args.init} was trained on {len(overlap)} of the benchmark's training or test images "
-                 f"(e.g. {sorted(overlap)[0]}); pretrain with `robustfer train --offset {args.limit or len(data)}`")
-    print(f"--init {args.init}: trained on {len(seen)} images, none of them in the benchmark's {args.limit} "
-          f"training images or the test split", flush=True)
 
 
 def run_dir(args, method: str, cell: Cell) -> Path:
@@ -284,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {m:7s} {cell.label}")
         return 0
     else:
-        check_disjoint_init(args)
+        check_disjoint_init(args.init, args.root, args.cache_dir, args.limit)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for m, cell in todo:
         run_cell(args, m, cell)

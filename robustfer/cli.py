@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-limit", type=int, help="evaluate on the first N images of --eval-split (smoke runs)")
     s.add_argument("--noise", help="synthetic noise TYPE:RATE[:SEED], e.g. symmetric:0.3")
     s.add_argument("--noise-file", help="noisy label csv written by `robustfer noise`")
-    s.add_argument("--imbalance", type=float, help="long-tailed training subset: largest/smallest class = FACTOR")
+    s.add_argument("--imbalance", type=float, help="long-tailed training subset: largest/smallest class = FACTOR, "
+                   "drawn from the images --offset/--limit select")
     s.add_argument("--train-split", default="train")
     s.add_argument("--eval-split", default="test")
     s.add_argument("--threads", type=int, help="CPU threads for torch")

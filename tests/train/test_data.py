@@ -1,4 +1,4 @@
-"""The trainer's training-split selection: --limit and --offset."""
+"""The trainer's training-split selection: --limit, --offset and --imbalance."""
 import numpy as np
 
 from robustfer.train import TrainConfig
@@ -26,3 +26,19 @@ def test_config_saves_paths_given_through_the_python_api(tmp_path):
     cfg.save(tmp_path / "config.json", {"version": "x"})
     back = TrainConfig.load(tmp_path / "config.json")
     assert back.root == str(tmp_path / "data") and back.init == str(tmp_path / "w.pt")
+
+
+def test_imbalance_draws_its_long_tailed_subset_from_the_offset_limit_images(ferplus_root, tmp_path):
+    """--offset/--limit select the pool first; --imbalance then keeps the requested factor inside it."""
+    base = dict(dataset="ferplus", root=str(ferplus_root), out=str(tmp_path), noise="symmetric:0.2", seed=3,
+                eval_limit=8)
+    whole, _ = load_splits(TrainConfig(**base))
+    lt, _ = load_splits(TrainConfig(**base, offset=100, limit=2000, imbalance=4))
+    pool = whole.files[100:2100]
+    assert set(lt.files) <= set(pool) and len(lt.files) < len(pool)
+    where = {f: i for i, f in enumerate(whole.files)}
+    rows = np.array([where[f] for f in lt.files])
+    assert np.array_equal(lt.labels, whole.labels[rows])  # the same noisy labels as over the whole split
+    counts = np.bincount(lt.clean_labels, minlength=lt.num_classes)
+    counts = counts[counts > 0]
+    assert counts.max() == 4 * counts.min()
