@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +34,9 @@ import numpy as np
 
 from robustfer.data import load_dataset
 from robustfer.data.imbalance import long_tailed_counts
-from robustfer.train import TrainConfig, train
+from robustfer.train import TrainConfig
 
-from common import check_disjoint_init
+from common import check_disjoint_init, check_same_settings, run_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 FERPLUS = ROOT.parent / "shared" / "data" / "ferplus"
@@ -99,35 +98,18 @@ def method_options(args, method: str) -> dict:
     return {"jsd_reduction": args.nla_jsd} if method == "nla" else {}
 
 
-def check_same_settings(args, out: Path) -> None:
-    """Refuse to skip or resume a run folder trained with other --epochs/--limit/--seed/--nla-jsd (a stale cell)."""
-    if not (out / "config.json").exists():
-        return
-    saved = json.loads((out / "config.json").read_text())
+def settings(args, method: str, cell: Cell) -> dict:
+    """config.json values a finished or interrupted run must share with this invocation to be reused."""
     want = {"epochs": args.epochs, "seed": args.seed, "recipe": args.recipe, "init": args.init,
-            "limit": args.pool if saved.get("imbalance") else args.limit,
-            "method_options": method_options(args, saved.get("method", ""))}
+            "limit": cell_limit(args, cell), "method_options": method_options(args, method)}
     want.update({k: getattr(args, k) for k in ("optimizer", "lr", "weight_decay") if getattr(args, k) is not None})
     if args.recipe == "cpu" and args.optimizer is None:
         want["optimizer"] = "sgd"
-    diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
-    if diff:
-        sys.exit(f"{out} was trained with other settings (saved, asked): {diff}; choose another --out")
+    return want
 
 
-def run_cell(args, method: str, cell: Cell) -> dict | None:
-    """Train one run unless its summary.json exists; resume it when a checkpoint was left behind."""
-    out = Path(args.out) / f"{method}_{cell.tag}"
-    check_same_settings(args, out)
-    if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
-    resume = (out / "last.pt").exists()
-    t0 = time.perf_counter()
-    print(f"[{time.strftime('%H:%M:%S')}] {method:4s} {cell.label}{' (resumed)' if resume else ''} ...", flush=True)
-    summary = train(config(args, method, cell, out), resume=resume, quiet=not args.verbose)
-    print(f"    last acc {summary['last']['accuracy']:.4f}  mean-class {summary['last']['mean_class_accuracy']:.4f}"
-          f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return summary
+def run_dir(args, method: str, cell: Cell) -> Path:
+    return Path(args.out) / f"{method}_{cell.tag}"
 
 
 def pct(x: float | None) -> str:
@@ -227,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     for cell in cells:
         n = train_size(args, cell, data.labels, data.num_classes)
         for m in methods:
-            check_same_settings(args, Path(args.out) / f"{m}_{cell.tag}")
+            check_same_settings(run_dir(args, m, cell), settings(args, m, cell))
             if not (Path(args.out) / f"{m}_{cell.tag}" / "summary.json").exists():
                 todo.append((m, cell))
                 seconds += args.epochs * SEC_PER_IMAGE * (COST.get(m, 2.0) * n + 3137 / 3)
@@ -241,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for m, cell in todo:
-        run_cell(args, m, cell)
+        run_cell(config(args, m, cell, run_dir(args, m, cell)), settings(args, m, cell), cell.label, args.verbose)
     md = table(args, cells, methods)
     (Path(args.out) / "table.md").write_text(md)
     print(md)

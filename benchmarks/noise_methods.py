@@ -38,14 +38,13 @@ import argparse
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from robustfer.methods import create_method
-from robustfer.train import TrainConfig, train
+from robustfer.train import TrainConfig
 
-from common import check_disjoint_init
+from common import check_disjoint_init, check_same_settings, run_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 FERPLUS = ROOT.parent / "shared" / "data" / "ferplus"
@@ -108,31 +107,9 @@ def run_dir(args, method: str, cell: Cell) -> Path:
     return Path(args.out) / f"{method}_{cell.tag}"
 
 
-def check_same_settings(args, out: Path) -> None:
-    """Refuse to skip or resume a run folder trained with other settings (a stale cell)."""
-    if not (out / "config.json").exists():
-        return
-    saved = json.loads((out / "config.json").read_text())
-    want = {"epochs": args.epochs, "limit": args.limit, "seed": args.seed, "recipe": args.recipe,
-            "init": args.init}
-    diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
-    if diff:
-        sys.exit(f"{out} was trained with other settings (saved, asked): {diff}; choose another --out")
-
-
-def run_cell(args, method: str, cell: Cell) -> dict:
-    """Train one run unless its summary.json exists; resume it when a checkpoint was left behind."""
-    out = run_dir(args, method, cell)
-    check_same_settings(args, out)
-    if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
-    resume = (out / "last.pt").exists()
-    t0 = time.perf_counter()
-    print(f"[{time.strftime('%H:%M:%S')}] {method:7s} {cell.label}{' (resumed)' if resume else ''} ...", flush=True)
-    summary = train(config(args, method, cell, out), resume=resume, quiet=not args.verbose)
-    print(f"    last acc {summary['last']['accuracy']:.4f}  mean-class {summary['last']['mean_class_accuracy']:.4f}"
-          f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return summary
+def settings(args) -> dict:
+    """config.json values a finished or interrupted run must share with this invocation to be reused."""
+    return {"epochs": args.epochs, "limit": args.limit, "seed": args.seed, "recipe": args.recipe, "init": args.init}
 
 
 def pct(x: float | None) -> str:
@@ -252,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     todo, seconds = [], 0.0
     for cell in cells:
         for m in methods:
-            check_same_settings(args, run_dir(args, m, cell))
+            check_same_settings(run_dir(args, m, cell), settings(args))
             if not (run_dir(args, m, cell) / "summary.json").exists():
                 todo.append((m, cell))
                 seconds += args.epochs * SEC_PER_IMAGE * (COST.get(m, 2.0) * n + TEST_IMAGES / 3)
@@ -268,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         check_disjoint_init(args.init, args.root, args.cache_dir, args.limit)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for m, cell in todo:
-        run_cell(args, m, cell)
+        run_cell(config(args, m, cell, run_dir(args, m, cell)), settings(args), cell.label, args.verbose)
     md = table(args, cells, methods)
     png = plot(args, methods, Path(args.out) / "precision_recall_sym30.png")
     if png:
