@@ -1,26 +1,36 @@
 """CE vs NLA on FERPlus under label noise and class imbalance (issue 5), through robustfer.train.train.
 
-CPU protocol: compact CNN at 48x48 grey, the shared `--recipe cpu` (SGD 0.05, momentum 0.9, weight
-decay 5e-4, one-cycle, batch 128, drop_last) for both methods; NLA keeps its loss and its flip view;
-its official pixel-noise/erasing augmentation is replaced by the shared weak view (random crop +
-flip), as for CE. JSD reduction (`--nla-jsd`): the official SUM over the batch weighs the JSD 0.5 N =
-64 times a per-sample term at batch 128, harmless under Adam (scale-free) but not under this SGD: in a
-probe (3000 images, 20% noise, 4 epochs) NLA with SUM collapsed to a constant prediction (34.5% =
-the neutral share) while CE reached 61.1% and NLA with MEAN 54.1%. The default here is therefore
-`mean`; `--nla-jsd sum` runs the official reduction. Cells: symmetric noise 0/10/20/30% on the full training split, and
-long-tailed subsets (robustfer.data.imbalance) of factor 10/50/100, clean and with 20% noise.
-Test: FER2013Test, every epoch; the table gives last and best epoch (best by accuracy for overall,
-best by mean-class accuracy for mean-class).
+Cells: symmetric noise 0/10/20/30% on the first `--limit` training images (noise drawn on the whole
+split, seed 1), and long-tailed subsets (robustfer.data.imbalance) of factor 10/50/100, clean and with
+20% noise, drawn from the first `--pool` training images (default: the whole split). Test: FER2013Test,
+every epoch; the table gives last and best epoch (best by accuracy for overall, best by mean-class
+accuracy for mean-class). Cells whose summary.json exists are skipped; interrupted ones are resumed;
+a run folder trained with other settings is refused.
 
-`--optimizer adam --lr 1e-3 --weight-decay 1e-4` replaces the SGD of both methods by Adam (one-cycle),
-as both official recipes use Adam; BENCHMARKS.md's table uses it with `--limit 4000 --epochs 5`.
-`--limit` cuts only the balanced cells (cutting a long-tailed subset would change its factor).
+Pretrained start (`--recipe official --init CKPT`; BENCHMARKS.md's headline table): the papers fine-tune
+a face-pretrained ResNet-18; the CPU analogue is a compact CNN trained with CE on CLEAN labels of
+training images disjoint from every image a cell draws from (`robustfer train --offset N`, N >= --limit
+and --pool), the same as benchmarks/noise_methods.py. Every run starts from that encoder with a fresh
+head and keeps its method's official recipe and views (CE: Adam 2e-4, batch 64; NLA: Adam 1e-4, batch
+32, pixel noise + flip + erasing, JSD SUM; both weight decay 1e-4, ExpLR 0.9). The script refuses an
+--init whose run folder's train_images.txt lists an image the cells use or a test image:
 
-Sizing: a compact-CNN CE epoch on the 25k training images takes about 2 minutes on 2 cores, NLA about
-twice that (two views). The default (--epochs 6 --limit 8000) is about 2 hours; `--dry-run` prints the
-plan and an estimate. Cells whose summary.json exists are skipped; interrupted ones are resumed.
+    .venv/bin/robustfer train --dataset ferplus --root ../shared/data/ferplus --method ce --offset 12000 \
+        --epochs 6 --threads 2 --out benchmarks/out/pretrain_offset12000
+    .venv/bin/python benchmarks/nla_imbalance.py --recipe official --epochs 8 --limit 4000 --pool 12000 \
+        --init benchmarks/out/pretrain_offset12000/last.pt --out benchmarks/out/nla_init
 
-    .venv/bin/python benchmarks/nla_imbalance.py --out benchmarks/out/nla_imbalance
+From scratch (`--recipe cpu`, the default): compact CNN, the shared SGD protocol (SGD 0.05, momentum
+0.9, weight decay 5e-4, one-cycle, batch 128, drop_last) for both methods, or `--optimizer adam --lr
+1e-3 --weight-decay 1e-4` for Adam with the same one-cycle; NLA's pixel-noise/erasing view is replaced
+by the shared weak view (random crop + flip), as for CE. JSD reduction (`--nla-jsd`): the official SUM
+over the batch weighs the JSD 0.5 N = 64 times a per-sample term at batch 128, harmless under Adam
+(scale-free) but not under this SGD: in a probe (3000 images, 20% noise, 4 epochs) NLA with SUM
+collapsed to a constant prediction (34.5% = the neutral share) while CE reached 61.1% and NLA with MEAN
+54.1%. The default with --recipe cpu is therefore `mean`; with --recipe official, `sum`.
+
+Sizing: `--dry-run` prints the plan and an estimate (on 2 idle cores a compact-CNN CE epoch over the
+25k training images takes about 2 minutes, NLA about twice that).
 """
 from __future__ import annotations
 
