@@ -250,5 +250,12 @@ def test_train_smoke_with_noise_and_imbalance(ferplus_root, tmp_path):
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["weight_mean_flipped"] is not None and row["weight_mean_clean"] is not None
     assert 0 < row["weight_mean_flipped"] < 0.6 and "mean_class_accuracy" in row and "per_class_recall" in row
-    assert len((out / "train_images.txt").read_text().splitlines()) == 256
+    # --limit 256 selects the pool; --imbalance 10 keeps a long-tailed subset of it (drawn on clean labels)
+    from robustfer.data import load_dataset
+    from robustfer.data.imbalance import long_tailed_counts
+
+    pool = load_dataset("ferplus", str(ferplus_root), "train")
+    listed = (out / "train_images.txt").read_text().splitlines()
+    keep = long_tailed_counts(np.bincount(pool.labels[:256], minlength=pool.num_classes), 10)
+    assert set(listed) <= set(pool.files[:256]) and len(listed) == keep.sum() < 256
     assert (out / "summary.json").exists()
