@@ -50,6 +50,16 @@ def evaluate_predictions(pred: np.ndarray, labels: np.ndarray, classes: tuple[st
     }
 
 
+def mean_by_class(values: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Mean of a per-sample value for each (given) class, NaN values skipped; None for a class with none.
+
+    Shows where a method puts its weight across classes, e.g. whether NLA's weight falls on rare ones."""
+    values, labels = np.asarray(values, np.float64), np.asarray(labels, np.int64)
+    ok = ~np.isnan(values)
+    return {c: float(values[ok & (labels == i)].mean()) if np.any(ok & (labels == i)) else None
+            for i, c in enumerate(classes)}
+
+
 def noise_detection(flagged: np.ndarray, flipped: np.ndarray) -> dict:
     """Flagged-as-noisy scored against truly flipped: fraction flagged, precision, recall."""
     flagged, flipped = np.asarray(flagged, bool), np.asarray(flipped, bool)

@@ -13,7 +13,7 @@ import torch
 
 import robustfer
 from robustfer.errors import RobustferError
-from robustfer.evaluate import evaluate_predictions, noise_detection
+from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detection
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method
 from robustfer.models import create_backbone, load_init, model_defaults
 from robustfer.models.predict import predict_logits
@@ -168,6 +168,9 @@ class Run:
         self.method.on_epoch_end(st)
         row = {"train_loss": total / max(seen, 1), "lr": lr, "images_per_s": seen / dt}
         row.update(self.noise_figures(per_sample))
+        labels = self.labels.cpu().numpy()
+        for k, v in per_sample.items():  # e.g. weight_mean_by_class: where the method's weight goes, per given label
+            row[f"{k}_mean_by_class"] = mean_by_class(v.cpu().numpy(), labels, list(self.train_data.classes))
         return row
 
     def noise_figures(self, per_sample: dict[str, torch.Tensor]) -> dict:

@@ -1,8 +1,10 @@
 import math
 
 import numpy as np
+import pytest
 
-from robustfer.evaluate import confusion_matrix, evaluate_predictions, mean_class_accuracy, noise_detection
+from robustfer.evaluate import (confusion_matrix, evaluate_predictions, mean_by_class, mean_class_accuracy,
+                                noise_detection)
 from robustfer.evaluate.metrics import topk_accuracy
 
 
@@ -35,3 +37,10 @@ def test_top2_accuracy():
     assert topk_accuracy(scores, labels, 1) == 0.0
     assert topk_accuracy(scores, labels, 2) == 1 / 3
     assert evaluate_predictions(scores.argmax(1), labels, ("a", "b", "c"), scores)["top2_accuracy"] == 1 / 3
+
+
+def test_mean_by_class_skips_nan_and_marks_empty_classes():
+    values = np.array([0.2, 0.4, np.nan, 0.9, 0.1])
+    labels = np.array([0, 0, 0, 2, 2])
+    got = mean_by_class(values, labels, ["a", "b", "c"])
+    assert got["a"] == pytest.approx(0.3) and got["b"] is None and got["c"] == pytest.approx(0.5)

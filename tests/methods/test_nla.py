@@ -250,6 +250,8 @@ def test_train_smoke_with_noise_and_imbalance(ferplus_root, tmp_path):
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["weight_mean_flipped"] is not None and row["weight_mean_clean"] is not None
     assert 0 < row["weight_mean_flipped"] < 0.6 and "mean_class_accuracy" in row and "per_class_recall" in row
+    by_class = row["weight_mean_by_class"]  # per given label, every class of the long-tailed subset present
+    assert set(by_class) == set(row["per_class_recall"]) and all(0 < w < 0.6 for w in by_class.values())
     # --limit 256 selects the pool; --imbalance 10 keeps a long-tailed subset of it (drawn on clean labels)
     from robustfer.data import load_dataset
     from robustfer.data.imbalance import long_tailed_counts
