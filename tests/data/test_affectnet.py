@@ -108,14 +108,8 @@ def test_alternative_image_folder(tmp_path):
     assert data.files[0] == "Manually_Annotated/Manually_Annotated_Images/201/v1.jpg"
 
 
-def test_cache_is_reused_and_no_scratch_left(root, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    first = load_affectnet(root, "train", size=16, cache_dir=cache)
-    assert [p.name.split("-")[:2] for p in cache.iterdir()] == [["affectnet", "train"]]  # no scratch file
-    monkeypatch.setattr(affectnet, "decode_crops", lambda *a, **k: pytest.fail("decoded again"))
-    second = load_affectnet(root, "train", size=16, cache_dir=cache)
-    assert isinstance(second.images, np.memmap)
-    assert np.array_equal(first.images, second.images)
+def test_cache_is_reused_and_no_scratch_left(root, assert_cache_reused):
+    assert_cache_reused(lambda c: load_affectnet(root, "train", size=16, cache_dir=c), affectnet, "decode_crops", "affectnet")
 
 
 def test_cache_invalidated_by_image_or_box_change(root, tmp_path):

@@ -72,14 +72,8 @@ def test_colour_and_resize(tmp_path):
     assert full.images.shape == (1, 3, 48, 48)
 
 
-def test_cache_is_reused(root, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    first = load_fer2013(root, "train", cache_dir=cache)
-    assert len(list(cache.glob("fer2013-train-*.npy"))) == 1
-    monkeypatch.setattr(fer2013, "decode_rows", lambda *a, **k: pytest.fail("decoded again"))
-    second = load_fer2013(root, "train", cache_dir=cache)
-    assert isinstance(second.images, np.memmap)
-    assert np.array_equal(first.images, second.images)
+def test_cache_is_reused(root, assert_cache_reused):
+    assert_cache_reused(lambda c: load_fer2013(root, "train", cache_dir=c), fer2013, "decode_rows", "fer2013")
 
 
 def test_cache_keyed_by_csv_content(root, tmp_path):

@@ -85,14 +85,8 @@ def test_given_classes_fix_the_order(root, tmp_path):
     assert ferplus.classes == FERPLUS and names(ferplus) == ["happiness", "neutral"]
 
 
-def test_cache_is_reused(root, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    first = load_folder(root, "train", cache_dir=cache)
-    assert len(list(cache.glob("folder-train-*.npy"))) == 1
-    monkeypatch.setattr(folder, "decode_files", lambda *a, **k: pytest.fail("decoded again"))
-    second = load_folder(root, "train", cache_dir=cache)
-    assert isinstance(second.images, np.memmap)
-    assert np.array_equal(first.images, second.images)
+def test_cache_is_reused(root, assert_cache_reused):
+    assert_cache_reused(lambda c: load_folder(root, "train", cache_dir=c), folder, "decode_files", "folder")
 
 
 def test_cache_invalidated_by_changed_or_added_image(root, tmp_path):

@@ -66,14 +66,8 @@ def test_grey_and_resized(root, tmp_path):
     assert (data.images[0] == 160).all() and (data.images[1] == 210).all()
 
 
-def test_cache_is_reused(root, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    first = load_rafdb(root, "train", cache_dir=cache)
-    assert len(list(cache.glob("rafdb-train-*.npy"))) == 1
-    monkeypatch.setattr(rafdb, "decode_files", lambda *a, **k: pytest.fail("decoded again"))
-    second = load_rafdb(root, "train", cache_dir=cache)
-    assert isinstance(second.images, np.memmap)
-    assert np.array_equal(first.images, second.images)
+def test_cache_is_reused(root, assert_cache_reused):
+    assert_cache_reused(lambda c: load_rafdb(root, "train", cache_dir=c), rafdb, "decode_files", "rafdb")
 
 
 def test_cache_invalidated_when_an_image_changes(root, tmp_path):
