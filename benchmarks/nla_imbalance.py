@@ -157,8 +157,8 @@ def table(args, cells: list[Cell], methods: list[str]) -> str:
         opt = f"{args.optimizer} lr {args.lr} weight decay {args.weight_decay}, one-cycle, batch 128 (other settings of --recipe cpu)"
     else:
         opt = "--recipe cpu (SGD, one-cycle, batch 128)"
-    flags = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("optimizer", "lr", "weight_decay", "pool", "init",
-                                                                              "cells") if getattr(args, k) is not None)
+    flags = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("seed", "optimizer", "lr", "weight_decay", "pool",
+                                                                              "init", "cells") if getattr(args, k) is not None)
     start = f"encoder initialised from {args.init} (heads fresh)" if args.init else "from scratch"
     pool = f"the first {args.pool} training images" if args.pool else "the whole split"
     note = (f"FERPlus (majority labels), FER2013Test; compact CNN 48x48 {start}, {opt}, "

@@ -154,7 +154,7 @@ def table(args, cells: list[Cell], methods: list[str]) -> str:
             f". Accuracies in %; epochs count "
             f"from 0; 'flagged' = share of training samples not confident in the weak view (all 0 during warm-up).\n\n"
             f"Command: `.venv/bin/python benchmarks/noise_methods.py --epochs {args.epochs} "
-            f"--limit {args.limit or 0} --recipe {args.recipe}{'' if args.scale_warmup else ' --official-warmup'}"
+            f"--limit {args.limit or 0} --seed {args.seed} --recipe {args.recipe}{'' if args.scale_warmup else ' --official-warmup'}"
             f"{f' --init {args.init}' if args.init else ''} "
             f"--out {args.out}`")
     return "\n".join(lines) + "\n\n" + note + "\n"
