@@ -106,7 +106,7 @@ def cmd_train(args) -> None:
         summary = train(cfg, quiet=args.quiet)
     if summary:
         print(f"last epoch: accuracy {summary['last']['accuracy']:.4f}, mean-class {summary['last']['mean_class_accuracy']:.4f}; "
-              f"best (epoch {summary['best']['epoch'] + 1}): accuracy {summary['best']['accuracy']:.4f}; "
+              f"best (epoch {summary['best']['epoch']} of 0-{summary['epochs'] - 1}, as in metrics.jsonl): accuracy {summary['best']['accuracy']:.4f}; "
               f"{summary['wall_s']:.0f} s; run folder {args.out}")
 
 
