@@ -12,7 +12,7 @@ import robustfer.data.affectnet as affectnet
 from robustfer.data import load_dataset
 from robustfer.data.affectnet import load_affectnet
 from robustfer.data.classes import AFFECTNET
-from robustfer.errors import RobustferError
+from reader_checks import error as reader_error, names
 
 HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
 LANDMARKS = "181.64;530.91;188.32;627.82;199.35;723.37"
@@ -62,10 +62,6 @@ def make_affectnet(root: Path, image_dir: str = "Manually_Annotated_Images") -> 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return make_affectnet(tmp_path / "AffectNet")
-
-
-def names(data) -> list[str]:
-    return [data.classes[i] for i in data.labels]
 
 
 def test_train_8_classes_drops_8_9_10_and_crops_faces(root, tmp_path):
@@ -126,11 +122,8 @@ def test_cache_invalidated_by_image_or_box_change(root, tmp_path):
 
 
 def error(fn, *args, **kw) -> str:
-    with pytest.raises(RobustferError) as e:
-        fn(*args, size=16, **kw)
-    msg = str(e.value)
-    assert "\n" not in msg
-    return msg
+    """The one-line error of loading at the fixtures' 16-pixel size."""
+    return reader_error(fn, *args, size=16, **kw)
 
 
 @pytest.mark.parametrize("line, needle", [

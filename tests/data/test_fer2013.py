@@ -11,7 +11,7 @@ import robustfer.data.fer2013 as fer2013
 from robustfer.data import load_dataset
 from robustfer.data.classes import FER2013
 from robustfer.data.fer2013 import load_fer2013
-from robustfer.errors import RobustferError
+from reader_checks import error, names
 
 # (emotion id, Usage); row i's face is face(i)
 ROWS = [(3, "Training"), (0, "Training"), (6, "PublicTest"), (3, "PrivateTest"), (5, "Training"), (1, "PrivateTest")]
@@ -36,10 +36,6 @@ def root(tmp_path: Path) -> Path:
     (tmp_path / "fer2013").mkdir()
     write_csv(tmp_path / "fer2013" / "fer2013.csv")
     return tmp_path / "fer2013"
-
-
-def names(data) -> list[str]:
-    return [data.classes[i] for i in data.labels]
 
 
 def test_train_split_labels_rows_and_pixels(root, tmp_path):
@@ -88,14 +84,6 @@ def test_cache_keyed_by_csv_content(root, tmp_path):
     assert path.stat().st_size == st.st_size
     data = load_fer2013(root, "train", cache_dir=cache)
     assert np.array_equal(data.images[0, 0], face(1)) and np.array_equal(data.images[1, 0], face(0))
-
-
-def error(fn, *args, **kw) -> str:
-    with pytest.raises(RobustferError) as e:
-        fn(*args, **kw)
-    msg = str(e.value)
-    assert "\n" not in msg
-    return msg
 
 
 @pytest.mark.parametrize("bad, needle", [

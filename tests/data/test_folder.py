@@ -12,7 +12,7 @@ import robustfer.data.folder as folder
 from robustfer.data import load_dataset
 from robustfer.data.classes import FERPLUS
 from robustfer.data.folder import load_folder
-from robustfer.errors import RobustferError
+from reader_checks import error, names
 
 # relative path -> grey value; the test split has no 'sad' folder
 TREE = {
@@ -41,10 +41,6 @@ def root(tmp_path: Path) -> Path:
     (root / "train" / "Happy" / ".DS_Store").write_bytes(b"\0")
     write_image(root / "train" / ".ipynb_checkpoints" / "c.png", 99)
     return root
-
-
-def names(data) -> list[str]:
-    return [data.classes[i] for i in data.labels]
 
 
 def test_split_layout_classes_labels_files_and_pixels(root, tmp_path):
@@ -99,14 +95,6 @@ def test_cache_invalidated_by_changed_or_added_image(root, tmp_path):
     write_image(root / "test" / "happy" / "t0.png", 62)
     data = load_folder(root, "test", cache_dir=cache)
     assert len(data) == 3 and [int(im.max()) for im in data.images] == [62, 61, 70]
-
-
-def error(fn, *args, **kw) -> str:
-    with pytest.raises(RobustferError) as e:
-        fn(*args, **kw)
-    msg = str(e.value)
-    assert "\n" not in msg
-    return msg
 
 
 def test_unknown_folder_with_given_classes(root, tmp_path):

@@ -11,7 +11,7 @@ from PIL import Image
 import robustfer.data.rafdb as rafdb
 from robustfer.data import load_dataset
 from robustfer.data.rafdb import load_rafdb
-from robustfer.errors import RobustferError
+from reader_checks import error, names
 
 # (image name, 1-based RAF-DB id, grey value of the solid image)
 ROWS = [
@@ -36,10 +36,6 @@ def make_rafdb(root: Path, rows=ROWS) -> Path:
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return make_rafdb(tmp_path / "RAF-DB" / "basic")
-
-
-def names(data) -> list[str]:
-    return [data.classes[i] for i in data.labels]
 
 
 def test_train_split_labels_files_and_pixels(root, tmp_path):
@@ -85,14 +81,6 @@ def test_label_file_change_relabels(root, tmp_path):
     (root / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 6\ntest_0001.jpg 3\n")
     data = load_rafdb(root, "train", cache_dir=cache)
     assert len(data) == 1 and names(data) == ["anger"]
-
-
-def error(fn, *args, **kw) -> str:
-    with pytest.raises(RobustferError) as e:
-        fn(*args, **kw)
-    msg = str(e.value)
-    assert "\n" not in msg
-    return msg
 
 
 @pytest.mark.parametrize("text, needle", [

@@ -1,6 +1,5 @@
 """DNFER (methods.md §2): batch thresholds on clamp(p, 1e-8, 1-1e-8), MEAN CE on confident samples,
 base-2 symmetric KL (both directions, no 1/2), alpha 0.5, warm-up, lr groups, and a smoke run."""
-import json
 import math
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 
 from robustfer.methods import Batch, State, ViewSpec, create_method
 from robustfer.methods.dnfer import clamped_probs, confident_mask, supervised_loss, symmetric_kl2
-from robustfer.train import TrainConfig, train
+from robustfer.train import TrainConfig
 from robustfer.train.config import resolve
 
 
@@ -136,13 +135,5 @@ def test_param_groups_schedule_and_views():
     assert set(a) == {"weak", "strong"} and torch.equal(a["strong"], b["strong"])
 
 
-def test_smoke_train_reports_noise_detection(tmp_path, ferplus_root):
-    # warm-up 0 so the one epoch runs the selection; one thread and 512 test images keep it quick on a shared CPU
-    out = tmp_path / "dnfer"
-    train(TrainConfig(dataset="ferplus", root=str(ferplus_root), out=str(out), method="dnfer", epochs=1, limit=256,
-                      batch_size=64, noise="symmetric:0.3", threads=1, eval_limit=512, method_options={"warmup": 0}),
-          quiet=True)
-    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert {"noise_precision", "noise_recall", "flagged_fraction"} <= set(row)
-    assert 0 < row["flagged_fraction"] < 1 and not math.isnan(row["noise_precision"])
-    assert math.isfinite(row["train_loss"])
+def test_smoke_train_reports_noise_detection(smoke_noise_detection):
+    smoke_noise_detection("dnfer")
