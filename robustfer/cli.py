@@ -102,7 +102,7 @@ def cmd_train(args) -> None:
             device=args.device, precision=args.precision, input_size=args.input_size, init=args.init,
             limit=args.limit, offset=args.offset, eval_limit=args.eval_limit, imbalance=args.imbalance, noise=args.noise, noise_file=args.noise_file, label_mode=args.label_mode,
             train_split=args.train_split, eval_split=args.eval_split, cache_dir=args.cache_dir,
-            threads=args.threads, method_options=_kv(args.method_opt))
+            threads=args.threads, method_options=_kv(args.method_opt), ema=args.ema, eval_every=args.eval_every)
         summary = train(cfg, quiet=args.quiet)
     if summary:
         print(f"last epoch: accuracy {summary['last']['accuracy']:.4f}, mean-class {summary['last']['mean_class_accuracy']:.4f}; "
@@ -150,6 +150,8 @@ def cmd_eval(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from robustfer.models import DEFAULT_MODEL, MODELS
+
     p = argparse.ArgumentParser(prog="robustfer", description="FER under noisy and ambiguous labels")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -177,10 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(s, dataset_required=False)
     s.add_argument("--method", default="ce")
     s.add_argument("--out", required=True, help="run folder")
-    s.add_argument("--model", default="compact", help="compact, resnet18, resnet50")
+    s.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)} (default {DEFAULT_MODEL})")
     s.add_argument("--recipe", default=None, choices=("official", "cpu"),
                    help="official = the method's published recipe; cpu = the shared quick protocol "
-                        "(default: cpu for --model compact, official otherwise)")
+                        "(default: cpu for the compact* models, official otherwise)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)
@@ -203,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-split", default="test")
     s.add_argument("--threads", type=int, help="CPU threads for torch")
     s.add_argument("--method-opt", action="append", metavar="KEY=VALUE", help="method option, repeatable")
+    s.add_argument("--ema", type=float, help="evaluate and save an exponential moving average of the weights "
+                   "with this decay (e.g. 0.999)")
+    s.add_argument("--eval-every", type=int, default=1, help="evaluate every K epochs (the last epoch always)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     s.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     s.set_defaults(func=cmd_train)

@@ -45,5 +45,8 @@ def load_trained(path: Path, device: str = "cpu"):
     method = create_method(cfg["method"], **cfg.get("method_options", {}))
     spec = ck["spec"]
     model = method.build(create_backbone(cfg["model"], spec["channels"]), len(ck["classes"]))
-    model.load_state_dict(ck["model"])
+    if "ema" in ck:  # --ema: the averaged weights are the trained model (AveragedModel keys: module.*)
+        model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")})
+    else:
+        model.load_state_dict(ck["model"])
     return model.to(device).eval(), spec, tuple(ck["classes"]), cfg

@@ -48,6 +48,8 @@ class TrainConfig:
     threads: int | None = None
     method_options: dict = field(default_factory=dict)
     drop_last: bool | None = None
+    ema: float | None = None           # decay of an exponential moving average of the weights (evaluated, saved)
+    eval_every: int = 1                # evaluate every K epochs (the last epoch always)
 
     def save(self, path: Path, extra: dict) -> None:
         Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2, default=str))  # Paths from the Python API
@@ -76,14 +78,19 @@ def parse_noise(spec: str) -> tuple[str, float, int | None]:
 def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -> TrainConfig:
     """Fill every unset option from the recipe (official = the method's, cpu = CPU_RECIPE).
 
-    Default: cpu for the compact model when the method trains stably under plain SGD
-    (`cpu_recipe_ok`), else the method's official recipe."""
+    Default: cpu for the CPU models (compact*) when the method trains stably under plain SGD
+    (`cpu_recipe_ok`), else the method's official recipe. The cpu recipe's epochs are the model's own
+    (`ModelEntry.cpu_epochs`: what fits its time budget on 2 cores)."""
     from dataclasses import replace
 
-    recipe = cfg.recipe or ("cpu" if cfg.model == "compact" and cpu_recipe_ok else "official")
+    from robustfer.models import model_entry
+
+    entry = model_entry(cfg.model)
+    recipe = cfg.recipe or ("cpu" if entry.cpu_epochs and cpu_recipe_ok else "official")
     if recipe not in ("official", "cpu"):
         raise RobustferError(f"--recipe {recipe!r}: use official or cpu")
-    base = {**method_recipe, **(CPU_RECIPE if recipe == "cpu" else {})}
+    cpu = {**CPU_RECIPE, "epochs": entry.cpu_epochs or CPU_RECIPE["epochs"]}
+    base = {**method_recipe, **(cpu if recipe == "cpu" else {})}
     out = {"recipe": recipe}
     for key in ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "drop_last"):
         if getattr(cfg, key) is None:
@@ -92,4 +99,8 @@ def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -
         out["norm"] = method_recipe.get("norm", "imagenet")
     if "gamma" in base and recipe == "official":
         out["gamma"] = base["gamma"]
+    if cfg.eval_every < 1:
+        raise RobustferError(f"--eval-every {cfg.eval_every}: must be a positive number of epochs")
+    if cfg.ema is not None and not 0.0 < cfg.ema < 1.0:
+        raise RobustferError(f"--ema {cfg.ema}: the decay must lie in (0, 1), e.g. 0.999")
     return replace(cfg, **out)

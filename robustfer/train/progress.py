@@ -44,6 +44,7 @@ class EpochProgress:
         extra = ""
         if "flagged_fraction" in row:
             extra = f"  flagged {row['flagged_fraction']:.3f} P {row['noise_precision']:.3f} R {row['noise_recall']:.3f}"
+        acc = (f"acc {row['accuracy']:.4f}  mean-class {row['mean_class_accuracy']:.4f}" if "accuracy" in row
+               else "(not evaluated: --eval-every)")
         self.console.print(
-            f"epoch {row['epoch'] + 1}: loss {row['train_loss']:.4f}  acc {row['accuracy']:.4f}  "
-            f"mean-class {row['mean_class_accuracy']:.4f}  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s{extra}")
+            f"epoch {row['epoch'] + 1}: loss {row['train_loss']:.4f}  {acc}  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s{extra}")

@@ -95,6 +95,9 @@ class Run:
         self.init_skipped = load_init(backbone, cfg.init) if cfg.init else []
         self.model = self.method.build(backbone, self.train_data.num_classes).to(dev)
         self.model = self.model.to(memory_format=torch.channels_last)
+        # EMA of the weights AND the BatchNorm statistics (timm's ModelEmaV2 convention); evaluated and shipped
+        self.ema = None if cfg.ema is None else torch.optim.swa_utils.AveragedModel(
+            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         self.opt = make_optimizer(cfg, self.method.param_groups(self.model, cfg.lr))
         n = len(self.train_data)
         bs = min(cfg.batch_size, n)
@@ -116,10 +119,13 @@ class Run:
             "history": self.history, "wall_s": wall, "config": asdict(self.cfg),
             "classes": list(self.train_data.classes), "spec": asdict(self.spec),
             "version": robustfer.__version__,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         self.g.set_state(ck["rng"]["generator"])
@@ -151,6 +157,8 @@ class Run:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             if self.sched_unit == "batch":
                 self.sched.step()
             st.step += 1
@@ -189,8 +197,13 @@ class Run:
                 out[f"{k}_mean_clean"] = float(np.mean(v[seen & ~flipped])) if np.any(seen & ~flipped) else None
         return out
 
+    @property
+    def test_model(self) -> torch.nn.Module:
+        """The network evaluated and shipped: the EMA weights when --ema is on."""
+        return self.model if self.ema is None else self.ema.module
+
     def evaluate(self) -> dict:
-        logits = predict_logits(self.model, self.eval_images, self.spec.size, self.spec.channels, self.spec.norm,
+        logits = predict_logits(self.test_model, self.eval_images, self.spec.size, self.spec.channels, self.spec.norm,
                                 precision=self.precision)
         scores = logits.cpu().numpy()
         return evaluate_predictions(scores.argmax(1), self.eval_data.labels, self.eval_data.classes, scores)
@@ -225,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     writer = SummaryWriter(str(out), purge_step=start)
     metrics_path = out / "metrics.jsonl"
     _truncate_metrics(metrics_path, start)
-    best = max((h["accuracy"] for h in run.history), default=-1.0)
+    best = max((h["accuracy"] for h in run.history if "accuracy" in h), default=-1.0)
     t_start = time.perf_counter()
     with EpochProgress(quiet=quiet) as progress:
         for epoch in range(start, cfg.epochs):
@@ -234,8 +247,9 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
             run.state.epoch = epoch
             progress.start(f"epoch {epoch + 1}/{cfg.epochs}", run.steps_per_epoch * run.batch_size)
             row = {"epoch": epoch, **run.train_epoch(progress)}
-            ev = run.evaluate()
-            row.update({k: ev[k] for k in ("accuracy", "mean_class_accuracy", "top2_accuracy", "per_class_recall")})
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:  # the last epoch always
+                ev = run.evaluate()
+                row.update({k: ev[k] for k in ("accuracy", "mean_class_accuracy", "top2_accuracy", "per_class_recall")})
             run.history.append(row)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -245,7 +259,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
             writer.flush()
             wall = run.wall_before + time.perf_counter() - t_start
             ck = run.checkpoint(epoch + 1, wall)
-            if row["accuracy"] > best:
+            if row.get("accuracy", -1.0) > best:
                 best = row["accuracy"]
                 save_atomic(ck, out / "best.pt")
             save_atomic(ck, out / "last.pt")
@@ -265,7 +279,9 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 
 
 def summarize(history: list[dict], wall: float) -> dict:
-    """summary.json: last, best (by accuracy) and last5 (EAC's mean of the last 5 epochs) blocks."""
+    """summary.json: last, best (by accuracy) and last5 (EAC's mean of the last 5 evaluated epochs) blocks."""
+    rows = history
+    history = [h for h in rows if "accuracy" in h]  # --eval-every: epochs without evaluation
     if not history:
         return {}
     pick = lambda h: {"epoch": h["epoch"], "accuracy": h["accuracy"], "mean_class_accuracy": h["mean_class_accuracy"]}  # noqa: E731
@@ -276,6 +292,6 @@ def summarize(history: list[dict], wall: float) -> dict:
         "last": pick(history[-1]), "best": pick(best), "best_mean_class": pick(best_mca),
         "last5": {"accuracy": float(np.mean([h["accuracy"] for h in tail])),
                   "mean_class_accuracy": float(np.mean([h["mean_class_accuracy"] for h in tail]))},
-        "epochs": len(history), "wall_s": wall,
-        "images_per_s": float(np.mean([h["images_per_s"] for h in history])),
+        "epochs": len(rows), "wall_s": wall,
+        "images_per_s": float(np.mean([h["images_per_s"] for h in rows])),
     }

@@ -61,3 +61,44 @@ def test_load_rejects_other_architectures_and_files(tmp_path):
 def test_unknown_model():
     with pytest.raises(RobustferError, match="unknown model"):
         create_model("vgg99", 8)
+
+
+@pytest.mark.parametrize("name, size, width, params", [
+    ("compact_s", 48, 512, 2311144), ("compact_s40", 40, 512, 2311144), ("compact_sw", 48, 768, 5194712)])
+def test_strided_stem_models_shapes_and_size(name, size, width, params):
+    """The compact_s* models: a stride-2 first conv (no full-resolution map), the compact CNN from there on."""
+    from robustfer.models import model_defaults
+
+    m = create_model(name, 8)
+    assert model_defaults(name) == (size, 1)
+    assert m.backbone.features[0].stride == (2, 2)
+    assert m.backbone.features[0](torch.zeros(1, 1, size, size)).shape[-1] == size // 2
+    assert m(torch.zeros(2, 1, size, size)).shape == (2, 8)
+    assert m.backbone.forward_map(torch.zeros(2, 1, 48, 48)).shape == (2, width, 3, 3)
+    assert sum(p.numel() for p in m.parameters()) == params
+
+
+def test_compact_s_has_the_compact_weights_from_its_second_conv():
+    """Same convolutions as `compact` except the stem's stride: its state_dict shapes are compact's."""
+    a = create_backbone("compact").state_dict()
+    b = create_backbone("compact_s").state_dict()
+    assert [v.shape for v in a.values()] == [v.shape for v in b.values()]
+
+
+@pytest.mark.parametrize("name", ["compact_s", "compact_s40", "compact_sw"])
+def test_new_models_overfit_one_batch(name):
+    """A sanity check that gradients reach every layer: 16 random images with fixed labels are memorised."""
+    from robustfer.models import model_defaults
+
+    torch.manual_seed(0)
+    size, chans = model_defaults(name)
+    m = create_model(name, 8)
+    x, y = torch.randn(16, chans, size, size), torch.arange(16) % 8
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    assert (m(x).argmax(1) == y).all() and loss.item() < 0.1

@@ -76,3 +76,45 @@ def test_noise_is_seeded_and_recorded(tmp_path, ferplus_root):
     assert 0.2 < rate < 0.4
     ck = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
     assert ck["config"]["noise"] == "symmetric:0.3" and ck["config"]["seed"] == 3
+
+
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path, ferplus_root):
+    s = train(_cfg(ferplus_root, tmp_path / "r", epochs=3, eval_every=2, noise=None), quiet=True)
+    rows = _rows(tmp_path / "r")
+    assert [("accuracy" in r) for r in rows] == [False, True, True]
+    assert all("train_loss" in r for r in rows)
+    assert s["epochs"] == 3 and s["last"]["epoch"] == 2
+    assert s["best"]["accuracy"] == max(rows[1]["accuracy"], rows[2]["accuracy"])
+
+
+def test_ema_is_evaluated_saved_and_resumed_exactly(tmp_path, ferplus_root):
+    from robustfer.train.checkpoint import load_trained
+
+    cfg = dict(epochs=3, ema=0.9, noise=None)
+    train(_cfg(ferplus_root, tmp_path / "full", **cfg), quiet=True)
+    train(_cfg(ferplus_root, tmp_path / "cut", **cfg), quiet=True, stop_after=1)
+    train(TrainConfig(dataset="", root="", out=str(tmp_path / "cut")), resume=True, quiet=True)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert a["ema"]["n_averaged"].item() == 3 * 3  # 192 images / 64 per batch, every step
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    assert _rows(tmp_path / "full") == _rows(tmp_path / "cut")
+    # the shipped network is the average, not the last weights
+    model, *_ = load_trained(tmp_path / "full" / "last.pt")
+    w = model.state_dict()["backbone.features.0.weight"]
+    assert torch.equal(w, a["ema"]["module.backbone.features.0.weight"])
+    assert not torch.equal(w, a["model"]["backbone.features.0.weight"])
+
+
+def test_cpu_recipe_epochs_come_from_the_model_and_bad_options_are_refused(tmp_path):
+    from robustfer.train.config import resolve
+
+    base = dict(dataset="ferplus", root="r", out=str(tmp_path))
+    assert resolve(TrainConfig(**base, model="compact"), CE.recipe).epochs == 15
+    assert resolve(TrainConfig(**base, model="compact"), CE.recipe).recipe == "cpu"
+    assert resolve(TrainConfig(**base, model="resnet18"), CE.recipe).recipe == "official"
+    with pytest.raises(RobustferError, match="--eval-every 0"):
+        resolve(TrainConfig(**base, eval_every=0), CE.recipe)
+    with pytest.raises(RobustferError, match="--ema 1.5"):
+        resolve(TrainConfig(**base, ema=1.5), CE.recipe)
