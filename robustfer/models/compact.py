@@ -24,10 +24,9 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
 class CompactCNN(nn.Module):
     """conv3x3-BN-ReLU stacks with early pooling (cheap at 48x48), global average pool -> last width.
 
-    `stem_stride` = 2 makes the first conv strided (the `compact_s*` models); `width` scales every
-    channel count (rounded to a multiple of 8)."""
+    `stem_stride` = 2 makes the first conv strided (the `compact_s*` models)."""
 
-    def __init__(self, in_chans: int = 1, config: tuple = CONFIG, stem_stride: int = 1, width: float = 1.0):
+    def __init__(self, in_chans: int = 1, config: tuple = CONFIG, stem_stride: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         c, first = in_chans, True
@@ -35,9 +34,8 @@ class CompactCNN(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
-            w = max(8, int(round(v * width / 8)) * 8)
-            layers += conv_bn_relu(c, w, stem_stride if first else 1)
-            c, first = w, False
+            layers += conv_bn_relu(c, v, stem_stride if first else 1)
+            c, first = v, False
         self.features = nn.Sequential(*layers)
         self.feature_dim = c
         self.in_chans = in_chans

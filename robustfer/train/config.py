@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from robustfer.errors import RobustferError
+from robustfer.models import DEFAULT_MODEL
 
 # The quick CPU protocol shared by every method in a CPU table (compact CNN, 48 px): SGD + one-cycle
 # reaches the compact CNN's accuracy in few epochs; the same settings for every method keeps tables fair.
@@ -19,7 +20,7 @@ class TrainConfig:
     root: str
     out: str
     method: str = "ce"
-    model: str = "compact"
+    model: str = DEFAULT_MODEL
     recipe: str | None = None          # official | cpu; default cpu for the compact model, else official
     epochs: int | None = None
     batch_size: int | None = None
@@ -83,7 +84,7 @@ def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -
     (`ModelEntry.cpu_epochs`: what fits its time budget on 2 cores)."""
     from dataclasses import replace
 
-    from robustfer.models import model_entry
+    from robustfer.models import model_entry  # noqa: PLC0415
 
     entry = model_entry(cfg.model)
     recipe = cfg.recipe or ("cpu" if entry.cpu_epochs and cpu_recipe_ok else "official")
