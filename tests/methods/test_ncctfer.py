@@ -176,4 +176,6 @@ def test_param_groups_recipe_and_views():
 
 
 def test_smoke_train_reports_noise_detection(smoke_noise_detection):
-    smoke_noise_detection("ncctfer")
+    row = smoke_noise_detection("ncctfer")
+    # flagged AND flipped, counted two ways: precision x flagged share = recall x flipped share (all 256 seen)
+    assert row["noise_precision"] * row["flagged_fraction"] == pytest.approx(row["noise_recall"] * row["noise_rate"])
