@@ -19,6 +19,7 @@ label smoothing 0.1 unless the candidate says otherwise (the earlier 84.54% figu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -119,14 +120,15 @@ def plan_epochs(args, name: str, budget_min: float, n_train: int, n_eval: int) -
     return max(1, math.floor(SAFETY * budget_min * 60 / per_epoch))
 
 
-_TEST = {}
-
-
 def test_images(args) -> torch.Tensor:
-    if "x" not in _TEST:
-        d = load_dataset("ferplus", str(args.root), "test", cache_dir=Path(args.cache_dir) if args.cache_dir else None)
-        _TEST["x"] = torch.from_numpy(np.array(d.images))
-    return _TEST["x"]
+    """The FERPlus test images as one uint8 tensor (read once per process)."""
+    return _test_images(str(args.root), args.cache_dir)
+
+
+@functools.lru_cache(maxsize=1)
+def _test_images(root: str, cache_dir: str | None) -> torch.Tensor:
+    d = load_dataset("ferplus", root, "test", cache_dir=Path(cache_dir) if cache_dir else None)
+    return torch.from_numpy(np.array(d.images))
 
 
 def infer_speed(args, ckpt: Path, repeats: int = 3) -> float:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from robustfer.errors import RobustferError
-from robustfer.models import DEFAULT_MODEL
+from robustfer.models import DEFAULT_MODEL, model_entry
 
 # The quick CPU protocol shared by every method in a CPU table (compact CNN, 48 px): SGD + one-cycle
 # reaches the compact CNN's accuracy in few epochs; the same settings for every method keeps tables fair.
@@ -83,8 +83,6 @@ def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -
     (`cpu_recipe_ok`), else the method's official recipe. The cpu recipe's epochs are the model's own
     (`ModelEntry.cpu_epochs`: what fits its time budget on 2 cores)."""
     from dataclasses import replace
-
-    from robustfer.models import model_entry  # noqa: PLC0415
 
     entry = model_entry(cfg.model)
     recipe = cfg.recipe or ("cpu" if entry.cpu_epochs and cpu_recipe_ok else "official")

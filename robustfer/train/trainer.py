@@ -280,18 +280,17 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 
 def summarize(history: list[dict], wall: float) -> dict:
     """summary.json: last, best (by accuracy) and last5 (EAC's mean of the last 5 evaluated epochs) blocks."""
-    rows = history
-    history = [h for h in rows if "accuracy" in h]  # --eval-every: epochs without evaluation
-    if not history:
+    evaluated = [h for h in history if "accuracy" in h]  # --eval-every: epochs without evaluation
+    if not evaluated:
         return {}
     pick = lambda h: {"epoch": h["epoch"], "accuracy": h["accuracy"], "mean_class_accuracy": h["mean_class_accuracy"]}  # noqa: E731
-    best = max(history, key=lambda h: h["accuracy"])
-    best_mca = max(history, key=lambda h: h["mean_class_accuracy"])
-    tail = history[-5:]
+    best = max(evaluated, key=lambda h: h["accuracy"])
+    best_mca = max(evaluated, key=lambda h: h["mean_class_accuracy"])
+    tail = evaluated[-5:]
     return {
-        "last": pick(history[-1]), "best": pick(best), "best_mean_class": pick(best_mca),
+        "last": pick(evaluated[-1]), "best": pick(best), "best_mean_class": pick(best_mca),
         "last5": {"accuracy": float(np.mean([h["accuracy"] for h in tail])),
                   "mean_class_accuracy": float(np.mean([h["mean_class_accuracy"] for h in tail]))},
-        "epochs": len(rows), "wall_s": wall,
-        "images_per_s": float(np.mean([h["images_per_s"] for h in rows])),
+        "epochs": len(history), "wall_s": wall,
+        "images_per_s": float(np.mean([h["images_per_s"] for h in history])),
     }
