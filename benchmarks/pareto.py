@@ -34,9 +34,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import run_cell  # noqa: E402
 
 from robustfer.data import load_dataset  # noqa: E402
+from robustfer.models import MODELS, ModelEntry  # noqa: E402
+from robustfer.models.compact import CompactCNN  # noqa: E402
 from robustfer.models.predict import predict_logits  # noqa: E402
 from robustfer.train import TrainConfig, train  # noqa: E402
 from robustfer.train.checkpoint import load_trained  # noqa: E402
+
+# Search-only networks (width and depth of compact_s), registered for this process only: they lost the
+# comparison (BENCHMARKS.md), so the package does not ship them; a winner would move to robustfer.models.
+SEARCH_MODELS = {
+    # every width x 0.75: 0.56x the multiply-adds
+    "compact_s_w75": (24, 48, "M", 96, 96, "M", 192, 192, "M", 384),
+    # 5 convs instead of 7 (one 128 and one 256 conv dropped)
+    "compact_s_d5": (32, 64, "M", 128, "M", 256, "M", 512),
+}
+for _name, _config in SEARCH_MODELS.items():
+    MODELS.setdefault(_name, ModelEntry(lambda in_chans=1, c=_config: CompactCNN(in_chans, c, stem_stride=2), 48, 1, 15))
 
 # candidate -> TrainConfig overrides (method_options merged over the shared label smoothing)
 CANDIDATES: dict[str, dict] = {
@@ -44,6 +57,8 @@ CANDIDATES: dict[str, dict] = {
     "compact_40": {"model": "compact", "input_size": 40},
     "compact_s": {"model": "compact_s"},                              # strided stem, 48 px
     "compact_s40": {"model": "compact_s40"},                          # strided stem, 40 px
+    "compact_s_w75": {"model": "compact_s_w75"},                      # widths x 0.75
+    "compact_s_d5": {"model": "compact_s_d5"},                        # 5 convs
     "compact_s40_ls0": {"model": "compact_s40", "method_options": {"label_smoothing": 0.0}},
     "compact_s40_ema": {"model": "compact_s40", "ema": 0.999},
     "compact_s40_b256": {"model": "compact_s40", "batch_size": 256, "lr": 0.1},
@@ -63,7 +78,8 @@ SAFETY = 0.95
 def make_cfg(args, name: str, out: Path, epochs: int, **extra) -> TrainConfig:
     over = dict(CANDIDATES[name])
     opts = {**SHARED_OPTIONS, **over.pop("method_options", {})}
-    return TrainConfig(dataset="ferplus", root=str(args.root), out=str(out), method="ce", recipe="cpu",
+    # select_split test: the pareto cells report the last epoch only, and a validation pass would change their timing
+    return TrainConfig(dataset="ferplus", root=str(args.root), out=str(out), method="ce", recipe="cpu", select_split="test",
                        epochs=epochs, seed=args.seed, threads=args.threads, cache_dir=args.cache_dir,
                        method_options=opts, **over, **extra)
 

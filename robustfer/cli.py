@@ -86,27 +86,30 @@ def cmd_noise(args) -> None:
           f"{args.type} noise at rate {args.rate}, seed {args.seed}")
 
 
+def config_from_args(args) -> "TrainConfig":
+    """A TrainConfig from `train`'s arguments: every option whose name is a TrainConfig field."""
+    from dataclasses import fields
+
+    from robustfer.train import TrainConfig
+
+    for name in ("dataset", "root", "method"):
+        if getattr(args, name) is None:
+            raise RobustferError(f"train needs --{name} (or --resume to continue the run in --out)")
+    kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig(**kw, method_options=_kv(args.method_opt))
+
+
 def cmd_train(args) -> None:
     from robustfer.train import TrainConfig, train
 
     if args.resume:
         summary = train(TrainConfig(dataset="", root="", out=args.out), resume=True, quiet=args.quiet)
     else:
-        for name in ("dataset", "root", "method"):
-            if getattr(args, name) is None:
-                raise RobustferError(f"train needs --{name} (or --resume to continue the run in --out)")
-        cfg = TrainConfig(
-            dataset=args.dataset, root=args.root, out=args.out, method=args.method, model=args.model,
-            recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
-            device=args.device, precision=args.precision, input_size=args.input_size, init=args.init,
-            limit=args.limit, offset=args.offset, eval_limit=args.eval_limit, imbalance=args.imbalance, noise=args.noise, noise_file=args.noise_file, label_mode=args.label_mode,
-            train_split=args.train_split, eval_split=args.eval_split, cache_dir=args.cache_dir,
-            threads=args.threads, method_options=_kv(args.method_opt), ema=args.ema, eval_every=args.eval_every)
-        summary = train(cfg, quiet=args.quiet)
+        summary = train(config_from_args(args), quiet=args.quiet, auto_resume=args.auto_resume)
     if summary:
         print(f"last epoch: accuracy {summary['last']['accuracy']:.4f}, mean-class {summary['last']['mean_class_accuracy']:.4f}; "
-              f"best (epoch {summary['best']['epoch']} of 0-{summary['epochs'] - 1}, as in metrics.jsonl): accuracy {summary['best']['accuracy']:.4f}; "
+              f"best on {summary.get('selected_on', 'test')} (epoch {summary['best']['epoch']} of 0-{summary['epochs'] - 1}, as in metrics.jsonl): "
+              f"test accuracy {summary['best']['accuracy']:.4f}; "
               f"{summary['wall_s']:.0f} s; run folder {args.out}")
 
 
@@ -189,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weight-decay", type=float)
     s.add_argument("--optimizer", choices=("adam", "sgd"))
     s.add_argument("--schedule", choices=("constant", "exp", "onecycle", "cosine"))
+    s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    s.add_argument("--gamma", type=float, help="lr factor per epoch of --schedule exp (default: the recipe's)")
+    s.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop the last incomplete batch of each epoch (default: the recipe's)")
+    s.add_argument("--norm", choices=("imagenet", "rafdb", "half"), help="input normalisation (default: the method's)")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -208,7 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ema", type=float, help="evaluate and save an exponential moving average of the weights "
                    "with this decay (e.g. 0.999)")
     s.add_argument("--eval-every", type=int, default=1, help="evaluate every K epochs (the last epoch always)")
+    s.add_argument("--select-split", help="where best.pt is chosen: a split of the data set, holdout (a seeded "
+                   "part of train), or test (the papers' habit, labelled so); default the data set's validation "
+                   "split (FERPlus valid, FER2013 val), else holdout")
+    s.add_argument("--holdout", type=float, default=0.1, help="share of train held out for --select-split holdout")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    s.add_argument("--auto-resume", action="store_true", help="idempotent: skip a finished run with these settings, "
+                   "continue an interrupted one, else start (what bench's commands.txt uses)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     s.set_defaults(func=cmd_train)
 

@@ -16,6 +16,14 @@ READERS = {
     "folder": ("robustfer.data.folder", "load_folder", 48, 1),
 }
 
+# The publisher's validation split, where the data set has one (AffectNet's `val` is its test set).
+VALID_SPLITS = {"ferplus": "valid", "fer2013": "val"}
+
+
+def default_select_split(dataset: str) -> str:
+    """The split `best` is chosen on: the data set's validation split, else a held-out part of train."""
+    return VALID_SPLITS.get(dataset, "holdout")
+
 
 def load_dataset(name: str, root: str | Path, split: str = "train", *, size: int | None = None,
                  channels: int | None = None, cache_dir: Path | None = None, **kw) -> FERData:
@@ -32,4 +40,4 @@ def load_dataset(name: str, root: str | Path, split: str = "train", *, size: int
     return loader(root, split, size=size or dsize, channels=channels or dchan, cache_dir=cache_dir, **kw)
 
 
-__all__ = ["FERData", "load_dataset", "READERS", "CANONICAL"]
+__all__ = ["FERData", "default_select_split", "load_dataset", "READERS", "CANONICAL"]

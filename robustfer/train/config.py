@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from robustfer.data import default_select_split
 from robustfer.errors import RobustferError
 from robustfer.models import DEFAULT_MODEL, model_entry
 
@@ -29,7 +30,7 @@ class TrainConfig:
     optimizer: str | None = None       # adam | sgd
     schedule: str | None = None        # constant | exp | onecycle | cosine
     momentum: float = 0.9
-    gamma: float = 0.9                 # ExponentialLR factor for schedule=exp
+    gamma: float | None = None         # ExponentialLR factor for schedule=exp (default the recipe's, else 0.9)
     seed: int = 1
     device: str = "auto"
     precision: str = "auto"            # auto | fp32 | bf16
@@ -51,6 +52,9 @@ class TrainConfig:
     drop_last: bool | None = None
     ema: float | None = None           # decay of an exponential moving average of the weights (evaluated, saved)
     eval_every: int = 1                # evaluate every K epochs (the last epoch always)
+    select_split: str | None = None    # where `best` is chosen: a split, holdout, or test (on request); default
+                                       # the data set's validation split, else holdout
+    holdout: float = 0.1               # share of train held out for --select-split holdout
 
     def save(self, path: Path, extra: dict) -> None:
         Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2, default=str))  # Paths from the Python API
@@ -62,6 +66,7 @@ class TrainConfig:
         except (OSError, json.JSONDecodeError) as e:
             raise RobustferError(f"cannot read {path} ({e}): --resume needs the run folder of an earlier train") from None
         names = {f.name for f in fields(cls)}
+        raw.setdefault("select_split", "test")  # run folders from before validation selection chose on test
         return cls(**{k: v for k, v in raw.items() if k in names})
 
 
@@ -96,8 +101,12 @@ def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -
             out[key] = base.get(key, {"drop_last": False}.get(key))
     if cfg.norm is None:
         out["norm"] = method_recipe.get("norm", "imagenet")
-    if "gamma" in base and recipe == "official":
-        out["gamma"] = base["gamma"]
+    if cfg.gamma is None:
+        out["gamma"] = base.get("gamma", 0.9)
+    if cfg.select_split is None:
+        out["select_split"] = default_select_split(cfg.dataset)
+    if not 0.0 < cfg.holdout < 1.0:
+        raise RobustferError(f"--holdout {cfg.holdout}: the held-out share of train must lie in (0, 1), e.g. 0.1")
     if cfg.eval_every < 1:
         raise RobustferError(f"--eval-every {cfg.eval_every}: must be a positive number of epochs")
     if cfg.ema is not None and not 0.0 < cfg.ema < 1.0:

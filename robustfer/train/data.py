@@ -8,11 +8,21 @@ import numpy as np
 
 from robustfer.data import FERData, load_dataset
 from robustfer.data.noise import apply_noise, read_noise_csv
+from robustfer.errors import RobustferError
 from robustfer.train.config import TrainConfig, parse_noise
 
 
-def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData, FERData]:
-    """(train, eval) for a config, in this order: noise on the whole split (a noise file written for the
+def holdout_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of the seeded held-out part (round(fraction * n), at least 1) of n training images."""
+    k = min(max(1, round(fraction * n)), n - 1)
+    return np.sort(np.random.default_rng([seed, 2024]).permutation(n)[:k])
+
+
+def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData, FERData | None, FERData]:
+    """(train, select, eval) for a config. `select` is the split `best` is chosen on: another split of the
+    data set, the seeded held-out part of train (`holdout`: removed from training, its labels the given,
+    possibly noisy ones, as a user's own validation data would be), or None when the selection is on the
+    eval split itself (`test`, on request only). In this order: noise on the whole split (a noise file written for the
     full split still matches, and an image keeps its noisy label whatever is selected); --offset/--limit
     select images OFFSET..OFFSET+N (e.g. to pretrain on a part disjoint from a benchmark's); --imbalance
     draws its long-tailed subset from those images by CLEAN label, so noise and imbalance combine as in
@@ -36,9 +46,20 @@ def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData,
 
         train = train.subset(long_tailed_indices(train.labels if train.clean_labels is None else train.clean_labels,
                                                  train.num_classes, cfg.imbalance, cfg.seed))
+    select = None
+    if cfg.select_split == "holdout":
+        if len(train) < 2:
+            raise RobustferError(f"--select-split holdout needs at least 2 training images, found {len(train)}")
+        hold = holdout_indices(len(train), cfg.holdout, cfg.seed)
+        select = train.subset(hold)
+        train = train.subset(np.setdiff1d(np.arange(len(train)), hold))
+    elif cfg.select_split not in (None, "test", cfg.eval_split):
+        select = load_dataset(cfg.dataset, cfg.root, cfg.select_split, **kw)
     if cfg.eval_limit:
         evald = evald.subset(np.arange(min(cfg.eval_limit, len(evald))))
-    return train, evald
+        if select is not None:
+            select = select.subset(np.arange(min(cfg.eval_limit, len(select))))
+    return train, select, evald
 
 
 def with_labels(data: FERData, labels: np.ndarray) -> FERData:

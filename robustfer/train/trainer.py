@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import robustfer
+from robustfer.data.noise import write_noise_csv
 from robustfer.errors import RobustferError
 from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detection
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method
@@ -64,6 +65,26 @@ def make_schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
     raise RobustferError(f"--schedule {cfg.schedule!r}: use constant, exp, onecycle or cosine")
 
 
+def ema_decay(decay: float, n: int) -> float:
+    """The EMA decay at update n (1-based): min(decay, (1 + n) / (10 + n)), TensorFlow's / timm's warm-up.
+
+    Without it a 0.999 average still holds 0.999^1100 = 33% of the random initial weights after 5 short
+    epochs (measured: 36.5% test accuracy, BENCHMARKS.md); with it the average follows the early weights."""
+    return min(decay, (1.0 + n) / (10.0 + n))
+
+
+def ema_warmup_fn(decay: float):
+    """multi_avg_fn for AveragedModel: avg <- d avg + (1 - d) current, d = ema_decay(decay, n); integer
+    buffers (BatchNorm's num_batches_tracked) are copied."""
+    @torch.no_grad()
+    def update(avg: list[torch.Tensor], cur: list[torch.Tensor], n_averaged) -> None:
+        if torch.is_floating_point(avg[0]):
+            torch._foreach_lerp_(avg, cur, 1.0 - ema_decay(decay, int(n_averaged)))
+        else:
+            torch._foreach_copy_(avg, cur)
+    return update
+
+
 class Run:
     """Everything one training run holds; built from a config, restorable from a checkpoint."""
 
@@ -81,7 +102,7 @@ class Run:
         size, chans = model_defaults(cfg.model)
         self.spec = ViewSpec(size=cfg.input_size or size, channels=chans, norm=cfg.norm, recipe=cfg.recipe)
 
-        self.train_data, self.eval_data = load_splits(cfg)
+        self.train_data, self.select_data, self.eval_data = load_splits(cfg)
         if len(self.train_data) < 2:
             raise RobustferError(f"training split of {cfg.root} has {len(self.train_data)} images: need at least 2")
         dev = self.device
@@ -89,6 +110,7 @@ class Run:
         self.labels = torch.from_numpy(self.train_data.labels).to(dev)
         self.soft = None if self.train_data.soft is None else torch.from_numpy(self.train_data.soft).to(dev)
         self.eval_images = torch.from_numpy(np.array(self.eval_data.images)).to(dev)
+        self.select_images = None if self.select_data is None else torch.from_numpy(np.array(self.select_data.images)).to(dev)
 
         torch.manual_seed(cfg.seed)
         backbone = create_backbone(cfg.model, chans)
@@ -97,7 +119,7 @@ class Run:
         self.model = self.model.to(memory_format=torch.channels_last)
         # EMA of the weights AND the BatchNorm statistics (timm's ModelEmaV2 convention); evaluated and shipped
         self.ema = None if cfg.ema is None else torch.optim.swa_utils.AveragedModel(
-            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            self.model, multi_avg_fn=ema_warmup_fn(cfg.ema), use_buffers=True)
         self.opt = make_optimizer(cfg, self.method.param_groups(self.model, cfg.lr))
         n = len(self.train_data)
         bs = min(cfg.batch_size, n)
@@ -202,19 +224,52 @@ class Run:
         """The network evaluated and shipped: the EMA weights when --ema is on."""
         return self.model if self.ema is None else self.ema.module
 
-    def evaluate(self) -> dict:
-        logits = predict_logits(self.test_model, self.eval_images, self.spec.size, self.spec.channels, self.spec.norm,
+    def evaluate(self, select: bool = False) -> dict:
+        """Figures on the eval split, or (`select`) on the selection split."""
+        images, data = (self.select_images, self.select_data) if select else (self.eval_images, self.eval_data)
+        logits = predict_logits(self.test_model, images, self.spec.size, self.spec.channels, self.spec.norm,
                                 precision=self.precision)
         scores = logits.cpu().numpy()
-        return evaluate_predictions(scores.argmax(1), self.eval_data.labels, self.eval_data.classes, scores)
+        return evaluate_predictions(scores.argmax(1), data.labels, data.classes, scores)
+
+    def evaluate_row(self) -> dict:
+        """The per-epoch figures: test, and `select_*` on the selection split (= test's when selecting on test)."""
+        ev = self.evaluate()
+        row = {k: ev[k] for k in ("accuracy", "mean_class_accuracy", "top2_accuracy", "per_class_recall")}
+        sel = ev if self.select_data is None else self.evaluate(select=True)
+        row.update(select_accuracy=sel["accuracy"], select_mean_class_accuracy=sel["mean_class_accuracy"])
+        return row
 
 
-def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after: int | None = None) -> dict:
+# Options that may differ between a run and its continuation without changing its results' meaning.
+RESUMABLE_ANYWHERE = {"out", "threads", "cache_dir", "device"}
+
+
+def check_same_settings(cfg: TrainConfig, saved_path: Path) -> None:
+    """Refuse to continue a run folder trained with other settings than `cfg` asks for (unset options of
+    `cfg` are whatever the saved run resolved them to)."""
+    saved = json.loads(saved_path.read_text())
+    diff = {f.name: (saved.get(f.name), getattr(cfg, f.name)) for f in fields(cfg)
+            if f.name not in RESUMABLE_ANYWHERE and getattr(cfg, f.name) is not None
+            and saved.get(f.name) != json.loads(json.dumps(getattr(cfg, f.name), default=str))}
+    if diff:
+        raise RobustferError(f"{saved_path.parent} was trained with other settings ({', '.join(f'{k}: saved {a!r}, asked {b!r}' for k, (a, b) in diff.items())}): "
+                             "choose another --out, or drop --auto-resume to see the run as it is")
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after: int | None = None,
+          auto_resume: bool = False) -> dict:
     """Train (or continue) the run in cfg.out; returns summary.json's content.
 
-    `stop_after` ends the call after that many epochs in total, as a kill at an epoch boundary would
-    (used by the resume tests)."""
+    `auto_resume`: one idempotent call for schedulers: a finished run with the same settings is returned
+    as it is, an interrupted one continued, anything else started. `stop_after` ends the call after that
+    many epochs in total, as a kill at an epoch boundary would (used by the resume tests)."""
     out = Path(cfg.out)
+    if auto_resume and (out / "config.json").exists() and (out / "last.pt").exists():
+        check_same_settings(cfg, out / "config.json")
+        if (out / "summary.json").exists():
+            return json.loads((out / "summary.json").read_text())
+        resume = True
     if resume:
         cfg = TrainConfig.load(out / "config.json")
         ck = load_checkpoint(out / "last.pt")
@@ -230,15 +285,21 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
                                        "device_resolved": str(run.device), "precision_resolved": run.precision,
                                        "input_size_resolved": run.spec.size, "input_channels": run.spec.channels,
                                        "train_images": len(run.train_data), "eval_images": len(run.eval_data),
+                                       "select_images": None if run.select_data is None else len(run.select_data),
                                        "init_skipped_keys": run.init_skipped})
         (out / "train_images.txt").write_text("".join(f + "\n" for f in run.train_data.files))
+        if cfg.select_split == "holdout":
+            (out / "select_images.txt").write_text("".join(f + "\n" for f in run.select_data.files))
+        d = run.train_data
+        if d.flipped is not None:  # synthetic noise: the realised labels and flip mask, in the interface's format
+            write_noise_csv(out / "noise.csv", d.files, d.classes, d.clean_labels, d.labels)
     from torch.utils.tensorboard import SummaryWriter
 
     start = run.state.epoch
     writer = SummaryWriter(str(out), purge_step=start)
     metrics_path = out / "metrics.jsonl"
     _truncate_metrics(metrics_path, start)
-    best = max((h["accuracy"] for h in run.history if "accuracy" in h), default=-1.0)
+    best = max((selection_score(h) for h in run.history if "accuracy" in h), default=-1.0)
     t_start = time.perf_counter()
     with EpochProgress(quiet=quiet) as progress:
         for epoch in range(start, cfg.epochs):
@@ -248,8 +309,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
             progress.start(f"epoch {epoch + 1}/{cfg.epochs}", run.steps_per_epoch * run.batch_size)
             row = {"epoch": epoch, **run.train_epoch(progress)}
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:  # the last epoch always
-                ev = run.evaluate()
-                row.update({k: ev[k] for k in ("accuracy", "mean_class_accuracy", "top2_accuracy", "per_class_recall")})
+                row.update(run.evaluate_row())
             run.history.append(row)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -259,13 +319,13 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
             writer.flush()
             wall = run.wall_before + time.perf_counter() - t_start
             ck = run.checkpoint(epoch + 1, wall)
-            if row.get("accuracy", -1.0) > best:
-                best = row["accuracy"]
+            if "accuracy" in row and selection_score(row) > best:
+                best = selection_score(row)
                 save_atomic(ck, out / "best.pt")
             save_atomic(ck, out / "last.pt")
             progress.report(row)
     writer.close()
-    summary = summarize(run.history, run.wall_before + time.perf_counter() - t_start)
+    summary = summarize(run.history, run.wall_before + time.perf_counter() - t_start, cfg.select_split)
     if run.history and len(run.history) == cfg.epochs:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -278,17 +338,28 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-def summarize(history: list[dict], wall: float) -> dict:
-    """summary.json: last, best (by accuracy) and last5 (EAC's mean of the last 5 evaluated epochs) blocks."""
+def selection_score(row: dict, key: str = "accuracy") -> float:
+    """The figure `best` maximises: the selection split's (select_*), or test's in rows from before it."""
+    return row.get(f"select_{key}", row[key])
+
+
+def summarize(history: list[dict], wall: float, selected_on: str | None = "test") -> dict:
+    """summary.json: last, best and last5 (EAC's mean of the last 5 evaluated epochs) blocks. `best` (and
+    `best_mean_class`) is the epoch of the best selection-split accuracy (mean-class accuracy), with the
+    test figures at that epoch; `selected_on` names the selection split."""
     evaluated = [h for h in history if "accuracy" in h]  # --eval-every: epochs without evaluation
     if not evaluated:
         return {}
-    pick = lambda h: {"epoch": h["epoch"], "accuracy": h["accuracy"], "mean_class_accuracy": h["mean_class_accuracy"]}  # noqa: E731
-    best = max(evaluated, key=lambda h: h["accuracy"])
-    best_mca = max(evaluated, key=lambda h: h["mean_class_accuracy"])
+
+    def pick(h: dict) -> dict:
+        return {"epoch": h["epoch"], "accuracy": h["accuracy"], "mean_class_accuracy": h["mean_class_accuracy"],
+                **{k: h[k] for k in ("select_accuracy", "select_mean_class_accuracy") if k in h}}
+
+    best = max(evaluated, key=selection_score)
+    best_mca = max(evaluated, key=lambda h: selection_score(h, "mean_class_accuracy"))
     tail = evaluated[-5:]
     return {
-        "last": pick(evaluated[-1]), "best": pick(best), "best_mean_class": pick(best_mca),
+        "last": pick(evaluated[-1]), "best": pick(best), "best_mean_class": pick(best_mca), "selected_on": selected_on,
         "last5": {"accuracy": float(np.mean([h["accuracy"] for h in tail])),
                   "mean_class_accuracy": float(np.mean([h["mean_class_accuracy"] for h in tail]))},
         "epochs": len(history), "wall_s": wall,

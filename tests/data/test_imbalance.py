@@ -106,7 +106,7 @@ def test_load_splits_combines_noise_and_imbalance(ferplus_root, tmp_path):
     """The trainer's data path: noise on the whole split, then the subset drawn by clean label."""
     cfg = TrainConfig(dataset="ferplus", root=str(ferplus_root), out=str(tmp_path), noise="symmetric:0.2",
                       imbalance=50, seed=1)
-    train, _ = load_splits(cfg)
+    train, *_ = load_splits(cfg)
     kept = np.bincount(train.clean_labels, minlength=train.num_classes)
     assert kept.max() / kept.min() == 50 and len(train) == kept.sum() == 7851
     assert 0.17 < train.flipped.mean() < 0.23

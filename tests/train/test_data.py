@@ -9,14 +9,14 @@ def test_offset_and_limit_select_a_disjoint_slice_with_the_same_noisy_labels(fer
     """--offset 100 --limit 50 = images 100..149 of the split, labelled as in a run over the whole split."""
     base = dict(dataset="ferplus", root=str(ferplus_root), out=str(tmp_path), noise="symmetric:0.3", seed=2,
                 eval_limit=8)
-    whole, _ = load_splits(TrainConfig(**base))
-    part, _ = load_splits(TrainConfig(**base, offset=100, limit=50))
-    head, _ = load_splits(TrainConfig(**base, limit=100))
+    whole, *_ = load_splits(TrainConfig(**base))
+    part, *_ = load_splits(TrainConfig(**base, offset=100, limit=50))
+    head, *_ = load_splits(TrainConfig(**base, limit=100))
     assert part.files == whole.files[100:150]
     assert np.array_equal(part.labels, whole.labels[100:150])
     assert np.array_equal(part.images, whole.images[100:150])
     assert not set(part.files) & set(head.files)
-    tail, _ = load_splits(TrainConfig(**base, offset=len(whole) - 3))
+    tail, *_ = load_splits(TrainConfig(**base, offset=len(whole) - 3))
     assert tail.files == whole.files[-3:]
 
 
@@ -32,8 +32,8 @@ def test_imbalance_draws_its_long_tailed_subset_from_the_offset_limit_images(fer
     """--offset/--limit select the pool first; --imbalance then keeps the requested factor inside it."""
     base = dict(dataset="ferplus", root=str(ferplus_root), out=str(tmp_path), noise="symmetric:0.2", seed=3,
                 eval_limit=8)
-    whole, _ = load_splits(TrainConfig(**base))
-    lt, _ = load_splits(TrainConfig(**base, offset=100, limit=2000, imbalance=4))
+    whole, *_ = load_splits(TrainConfig(**base))
+    lt, *_ = load_splits(TrainConfig(**base, offset=100, limit=2000, imbalance=4))
     pool = whole.files[100:2100]
     assert set(lt.files) <= set(pool) and len(lt.files) < len(pool)
     where = {f: i for i, f in enumerate(whole.files)}

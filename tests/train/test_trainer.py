@@ -118,3 +118,17 @@ def test_cpu_recipe_epochs_come_from_the_model_and_bad_options_are_refused(tmp_p
         resolve(TrainConfig(**base, eval_every=0), CE.recipe)
     with pytest.raises(RobustferError, match="--ema 1.5"):
         resolve(TrainConfig(**base, ema=1.5), CE.recipe)
+
+
+def test_ema_decay_warms_up_and_follows_the_weights_early():
+    from robustfer.train.trainer import ema_decay, ema_warmup_fn
+
+    assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.999, 100) == pytest.approx(101 / 110)
+    assert ema_decay(0.999, 10**6) == 0.999
+    avg, cur = [torch.zeros(3)], [torch.ones(3)]
+    ema_warmup_fn(0.999)(avg, cur, torch.tensor(1))
+    assert torch.allclose(avg[0], torch.full((3,), 9 / 11))  # (1 - 2/11) of the way to the current weights
+    ints = [torch.tensor(4)]
+    ema_warmup_fn(0.999)(ints, [torch.tensor(7)], torch.tensor(5))
+    assert ints[0].item() == 7
