@@ -152,9 +152,69 @@ def cmd_eval(args) -> None:
                                                  for c, v in r["per_class_recall"].items()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _train_options(s: argparse.ArgumentParser) -> None:
+    """The options `train` and `bench` share (bench passes them to every cell)."""
     from robustfer.models import DEFAULT_MODEL, MODELS
 
+    s.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)} (default {DEFAULT_MODEL})")
+    s.add_argument("--recipe", default=None, choices=("official", "cpu"),
+                   help="official = the method's published recipe; cpu = the shared quick protocol "
+                        "(default: cpu for the compact* models, official otherwise)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--weight-decay", type=float)
+    s.add_argument("--optimizer", choices=("adam", "sgd"))
+    s.add_argument("--schedule", choices=("constant", "exp", "onecycle", "cosine"))
+    s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    s.add_argument("--gamma", type=float, help="lr factor per epoch of --schedule exp (default: the recipe's)")
+    s.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop the last incomplete batch of each epoch (default: the recipe's)")
+    s.add_argument("--norm", choices=("imagenet", "rafdb", "half"), help="input normalisation (default: the method's)")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    s.add_argument("--input-size", type=int, help="network input size (default: the model's)")
+    s.add_argument("--init", help="pretrained weights for the backbone (.pth state_dict)")
+    s.add_argument("--limit", type=int, help="use the first N training images (smoke runs)")
+    s.add_argument("--offset", type=int, help="skip the first N training images (with --limit: images N..N+limit)")
+    s.add_argument("--eval-limit", type=int, help="evaluate on the first N images of --eval-split (smoke runs)")
+    s.add_argument("--imbalance", type=float, help="long-tailed training subset: largest/smallest class = FACTOR, "
+                   "drawn from the images --offset/--limit select")
+    s.add_argument("--train-split", default="train")
+    s.add_argument("--eval-split", default="test")
+    s.add_argument("--threads", type=int, help="CPU threads for torch")
+    s.add_argument("--method-opt", action="append", metavar="KEY=VALUE", help="method option, repeatable")
+    s.add_argument("--ema", type=float, help="evaluate and save an exponential moving average of the weights "
+                   "with this decay (e.g. 0.999)")
+    s.add_argument("--eval-every", type=int, default=1, help="evaluate every K epochs (the last epoch always)")
+    s.add_argument("--select-split", help="where best.pt is chosen: a split of the data set, holdout (a seeded "
+                   "part of train), or test (the papers' habit, labelled so); default the data set's validation "
+                   "split (FERPlus valid, FER2013 val), else holdout")
+    s.add_argument("--holdout", type=float, default=0.1, help="share of train held out for --select-split holdout")
+
+
+def cmd_bench(args) -> None:
+    from robustfer.bench import load_grid_file, make_grid, run_bench
+    from robustfer.bench.grid import OWNED, TRAIN_FIELDS
+
+    raw = load_grid_file(args.grid) if args.grid else {}
+    defaults = vars(build_parser().parse_args(["bench", "--out", "x"]))
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS - OWNED and v != defaults.get(k)}
+    if getattr(args, "method_opt", None):
+        given["method_options"] = _kv(args.method_opt)
+    raw["train"] = {**raw.get("train", {}), **given}
+    for key in ("methods", "noise", "seeds"):
+        if getattr(args, key, None):
+            raw[key] = [int(x) if key == "seeds" else x for x in getattr(args, key).split(",")]
+    if getattr(args, "noise_type", None):
+        raw["noise_type"] = args.noise_type
+    if args.no_controls:
+        raw["controls"] = False
+    grid = make_grid(raw, args.grid or "bench")
+    run_bench(grid, args.out, workers=args.workers, dry_run=args.dry_run, live=not args.no_live)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robustfer", description="FER under noisy and ambiguous labels")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -182,49 +242,34 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(s, dataset_required=False)
     s.add_argument("--method", default="ce")
     s.add_argument("--out", required=True, help="run folder")
-    s.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)} (default {DEFAULT_MODEL})")
-    s.add_argument("--recipe", default=None, choices=("official", "cpu"),
-                   help="official = the method's published recipe; cpu = the shared quick protocol "
-                        "(default: cpu for the compact* models, official otherwise)")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--weight-decay", type=float)
-    s.add_argument("--optimizer", choices=("adam", "sgd"))
-    s.add_argument("--schedule", choices=("constant", "exp", "onecycle", "cosine"))
-    s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    s.add_argument("--gamma", type=float, help="lr factor per epoch of --schedule exp (default: the recipe's)")
-    s.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="drop the last incomplete batch of each epoch (default: the recipe's)")
-    s.add_argument("--norm", choices=("imagenet", "rafdb", "half"), help="input normalisation (default: the method's)")
+    _train_options(s)
     s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    s.add_argument("--input-size", type=int, help="network input size (default: the model's)")
-    s.add_argument("--init", help="pretrained weights for the backbone (.pth state_dict)")
-    s.add_argument("--limit", type=int, help="use the first N training images (smoke runs)")
-    s.add_argument("--offset", type=int, help="skip the first N training images (with --limit: images N..N+limit)")
-    s.add_argument("--eval-limit", type=int, help="evaluate on the first N images of --eval-split (smoke runs)")
     s.add_argument("--noise", help="synthetic noise TYPE:RATE[:SEED], e.g. symmetric:0.3")
     s.add_argument("--noise-file", help="noisy label csv written by `robustfer noise`")
-    s.add_argument("--imbalance", type=float, help="long-tailed training subset: largest/smallest class = FACTOR, "
-                   "drawn from the images --offset/--limit select")
-    s.add_argument("--train-split", default="train")
-    s.add_argument("--eval-split", default="test")
-    s.add_argument("--threads", type=int, help="CPU threads for torch")
-    s.add_argument("--method-opt", action="append", metavar="KEY=VALUE", help="method option, repeatable")
-    s.add_argument("--ema", type=float, help="evaluate and save an exponential moving average of the weights "
-                   "with this decay (e.g. 0.999)")
-    s.add_argument("--eval-every", type=int, default=1, help="evaluate every K epochs (the last epoch always)")
-    s.add_argument("--select-split", help="where best.pt is chosen: a split of the data set, holdout (a seeded "
-                   "part of train), or test (the papers' habit, labelled so); default the data set's validation "
-                   "split (FERPlus valid, FER2013 val), else holdout")
-    s.add_argument("--holdout", type=float, default=0.1, help="share of train held out for --select-split holdout")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     s.add_argument("--auto-resume", action="store_true", help="idempotent: skip a finished run with these settings, "
                    "continue an interrupted one, else start (what bench's commands.txt uses)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("bench", argument_default=argparse.SUPPRESS,
+                       help="the grid methods x noise x seeds (+ CE controls): results.csv/md, plots; resumable")
+    _data_args(s, dataset_required=False)
+    s.add_argument("--out", required=True, help="grid folder: cells/<name>/ run folders, commands.txt, results")
+    s.add_argument("--grid", default=None, help="grid .toml (sweeps, per-method options, a pretraining stage; "
+                   "see the README); command-line options override it")
+    s.add_argument("--methods", default=None, help="comma-separated, e.g. ce,ncctfer,nla (default ce)")
+    s.add_argument("--noise", default=None, help="comma-separated rates or TYPE:RATE, e.g. 0,0.3,pair:0.3 (default 0)")
+    s.add_argument("--noise-type", default=None, choices=("symmetric", "pair", "uneven"),
+                   help="type of the bare rates in --noise (default symmetric)")
+    s.add_argument("--seeds", default=None, help="comma-separated seeds (default 1)")
+    s.add_argument("--workers", type=int, default=1, help="cells at once (threads per cell = cores / workers)")
+    s.add_argument("--no-controls", action="store_true", default=False,
+                   help="skip the CE controls at each method's recipe")
+    s.add_argument("--dry-run", action="store_true", default=False, help="write commands.txt, list the cells, train nothing")
+    s.add_argument("--no-live", action="store_true", default=False, help="no live table")
+    _train_options(s)
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("eval", help="accuracy, mean-class accuracy, per-class recall, confusion matrix")
     s.add_argument("--checkpoint", required=True, help="a .pt file, or a run folder (evaluates last.pt and best.pt)")

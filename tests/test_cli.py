@@ -42,7 +42,7 @@ def test_noise_then_train_with_the_file_then_eval(capsys, tmp_path, ferplus_root
     assert main(["train", "--dataset", "ferplus", "--root", str(ferplus_root), "--method", "ce", "--out", str(run),
                  "--noise-file", str(f), "--epochs", "1", "--limit", "128", "--batch-size", "64",
                  "--eval-limit", "200", "--quiet"]) == 0
-    assert "best (epoch 0 of 0-0, as in metrics.jsonl)" in capsys.readouterr().out  # epochs count from 0 everywhere
+    assert "best on valid (epoch 0 of 0-0, as in metrics.jsonl)" in capsys.readouterr().out  # epochs count from 0 everywhere
     assert main(["eval", "--checkpoint", str(run), "--dataset", "ferplus", "--root", str(ferplus_root),
                  "--split", "test", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

@@ -1,0 +1,49 @@
+"""The benchmark grid: expand (grid.py), run (run.py: commands.txt or local workers), collect (collect.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from robustfer.bench.collect import collect, plots, results_md
+from robustfer.bench.grid import Cell, Grid, expand, init_of, load_grid_file, make_grid, parse_noise_list, pretrain_config
+from robustfer.bench.run import cell_status, check_disjoint, run_cells, run_one, write_plan
+from robustfer.errors import RobustferError
+
+
+def run_bench(grid: Grid, out: str | Path, workers: int = 1, dry_run: bool = False, live: bool = True,
+              echo=print) -> list[dict]:
+    """Plan, run (what is not done yet) and collect a grid into OUT; returns the results.csv rows."""
+    out = Path(out)
+    stage = pretrain_config(grid, out)
+    init = init_of(grid, out) or grid.train.get("init")
+    cells = expand(grid, init_of(grid, out))
+    write_plan(out, cells, stage)
+    status = [cell_status(Path(c.config(out).out)) for c in cells]
+    echo(f"{len(cells)} cells ({status.count('done')} done, {status.count('partial')} to continue, "
+         f"{status.count('new')} new){'; a pretraining stage first' if stage else ''}; commands: {out / 'commands.txt'}")
+    if dry_run:
+        for c, s in zip(cells, status):
+            echo(f"  {c.name:40s} {s}")
+        return []
+    if stage is not None and cell_status(Path(stage.out)) != "done":
+        echo(f"pretraining stage -> {stage.out}")
+        if run_one(stage, None) != 0:
+            raise RobustferError(f"the pretraining stage failed: see {Path(stage.out) / 'train.log'}")
+    note = check_disjoint(init, cells, out)
+    if note:
+        echo(note)
+    codes = run_cells(out, cells, workers=workers, live=live)
+    rows = collect(out, cells)
+    header = f"# bench {out}\n\nGrid: {json.dumps(grid.__dict__, default=str)}\n"
+    results_md(rows, out, header)
+    for p in plots(rows, cells, out):
+        echo(f"wrote {p}")
+    echo(f"wrote {out / 'results.csv'} and {out / 'results.md'} ({len(rows)} of {len(cells)} cells finished)")
+    failed = [n for n, c in codes.items() if c]
+    if failed:
+        raise RobustferError(f"{len(failed)} cell(s) failed: " + ", ".join(
+            f"{n} (see {out / 'cells' / n / 'train.log'})" for n in failed[:5]) + "; rerun bench to retry them")
+    return rows
+
+
+__all__ = ["Cell", "Grid", "expand", "load_grid_file", "make_grid", "parse_noise_list", "run_bench"]

@@ -1,0 +1,198 @@
+"""A grid's finished run folders -> results.csv (one row per cell), results.md (mean ± std over seeds,
+controls beside their methods, best per column in bold) and matplotlib plots."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from robustfer.bench.grid import Cell
+
+COLUMNS = ["cell", "method", "control_of", "noise_type", "noise_rate", "seed", "sweep", "selected_on",
+           "last_accuracy", "last_mean_class_accuracy", "best_accuracy", "best_mean_class_accuracy", "best_epoch",
+           "last5_accuracy", "last5_mean_class_accuracy", "flagged_fraction", "noise_precision", "noise_recall",
+           "epochs", "wall_s", "images_per_s"]
+
+
+def noise_parts(noise: str) -> tuple[str, float]:
+    return ("none", 0.0) if noise == "clean" else (noise.split(":")[0], float(noise.split(":")[1]))
+
+
+def history(run: Path) -> list[dict]:
+    p = run / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+def cell_row(cell: Cell, run: Path) -> dict | None:
+    """The results.csv row of a finished cell (None while it is not finished)."""
+    if not (run / "summary.json").exists():
+        return None
+    s = json.loads((run / "summary.json").read_text())
+    last = history(run)[-1]
+    kind, rate = noise_parts(cell.noise)
+    return {
+        "cell": cell.name, "method": cell.method, "control_of": "+".join(cell.control_of), "noise_type": kind,
+        "noise_rate": rate, "seed": cell.seed, "sweep": " ".join(f"{k}={v}" for k, v in cell.sweep.items()),
+        "selected_on": s.get("selected_on", "test"),
+        "last_accuracy": s["last"]["accuracy"], "last_mean_class_accuracy": s["last"]["mean_class_accuracy"],
+        "best_accuracy": s["best"]["accuracy"], "best_mean_class_accuracy": s["best_mean_class"]["mean_class_accuracy"],
+        "best_epoch": s["best"]["epoch"], "last5_accuracy": s["last5"]["accuracy"],
+        "last5_mean_class_accuracy": s["last5"]["mean_class_accuracy"],
+        "flagged_fraction": last.get("flagged_fraction"), "noise_precision": last.get("noise_precision"),
+        "noise_recall": last.get("noise_recall"), "epochs": s["epochs"], "wall_s": s["wall_s"],
+        "images_per_s": s["images_per_s"],
+    }
+
+
+def collect(out: Path, cells: list[Cell]) -> list[dict]:
+    """Rows of the finished cells; writes OUT/results.csv."""
+    rows = [r for c in cells if (r := cell_row(c, Path(c.config(out).out))) is not None]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def label(row: dict) -> str:
+    return f"ce @ {row['control_of']} recipe" if row["control_of"] else row["method"]
+
+
+def noise_label(row: dict) -> str:
+    return "clean" if row["noise_type"] == "none" else f"{row['noise_type']} {row['noise_rate'] * 100:g}%"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    v = np.array(values, float) * 100
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def table_md(rows: list[dict], key: str, title: str) -> list[str]:
+    """One markdown table: methods (controls beside) x noise settings, `key` as mean ± std % over seeds."""
+    noises = list(dict.fromkeys(noise_label(r) for r in rows))
+    labels = list(dict.fromkeys(label(r) for r in rows))
+    cells: dict[tuple[str, str], tuple[float, float, int]] = {}
+    for lab in labels:
+        for nz in noises:
+            vals = [r[key] for r in rows if label(r) == lab and noise_label(r) == nz and r[key] not in (None, "")]
+            if vals:
+                cells[(lab, nz)] = (*mean_std(vals), len(vals))
+    best = {nz: max((v[0] for (lab, n), v in cells.items() if n == nz), default=None) for nz in noises}
+    out = [f"**{title}**", "", "| method | " + " | ".join(noises) + " |", "|---|" + "---:|" * len(noises)]
+    for lab in labels:
+        parts = []
+        for nz in noises:
+            if (lab, nz) not in cells:
+                parts.append("-")
+                continue
+            m, s, n = cells[(lab, nz)]
+            text = f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "")
+            parts.append(f"**{text}**" if math.isclose(m, best[nz]) else text)
+        out.append(f"| {lab} | " + " | ".join(parts) + " |")
+    return out + [""]
+
+
+def results_md(rows: list[dict], out: Path, header: str = "") -> str:
+    """OUT/results.md: last epoch (the headline), best epoch by validation, last-5 mean, noise detection."""
+    if not rows:
+        text = header + "\nno finished cells yet\n"
+        (out / "results.md").write_text(text)
+        return text
+    sel = sorted({r["selected_on"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [header, f"Seeds {', '.join(map(str, seeds))} (mean ± std where more than one); accuracies in %; "
+             f"best epoch chosen on {', '.join(sel)}" + (" (SELECTION ON TEST)" if "test" in sel else "") + ".", ""]
+    for sweep in dict.fromkeys(r["sweep"] for r in rows):
+        part = [r for r in rows if r["sweep"] == sweep]
+        if sweep:
+            lines += [f"### {sweep}", ""]
+        lines += table_md(part, "last_accuracy", "Test accuracy, last epoch")
+        lines += table_md(part, "last_mean_class_accuracy", "Test mean-class accuracy, last epoch")
+        lines += table_md(part, "best_accuracy", f"Test accuracy at the epoch of best {'/'.join(sel)} accuracy")
+        lines += table_md(part, "best_mean_class_accuracy", f"Test mean-class accuracy at the epoch of best {'/'.join(sel)} mean-class accuracy")
+        lines += table_md(part, "last5_accuracy", "Test accuracy, mean of the last 5 epochs")
+        flagged = [r for r in part if r["noise_precision"] not in (None, "")]
+        if flagged:
+            lines += table_md(flagged, "noise_precision", "Noise precision (flagged that were flipped), last epoch")
+            lines += table_md(flagged, "noise_recall", "Noise recall (flipped that were flagged), last epoch")
+    wall = sum(r["wall_s"] for r in rows)
+    lines += [f"{len(rows)} cells, {wall / 60:.1f} min of training in total.", ""]
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text)
+    return text
+
+
+def plots(rows: list[dict], cells: list[Cell], out: Path) -> list[Path]:
+    """accuracy_vs_noise.png, epochs.png (test accuracy per epoch per cell), noise_pr.png (precision /
+    recall per epoch of the methods that flag samples)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if rows:
+        kinds = sorted({r["noise_type"] for r in rows if r["noise_type"] != "none"}) or ["none"]
+        fig, axes = plt.subplots(2, len(kinds), figsize=(5 * len(kinds), 7), squeeze=False)
+        for j, kind in enumerate(kinds):
+            for i, key in enumerate(("last_accuracy", "last_mean_class_accuracy")):
+                ax = axes[i][j]
+                for lab in dict.fromkeys(label(r) for r in rows):
+                    pts = {}
+                    for r in rows:
+                        if label(r) == lab and r["noise_type"] in (kind, "none"):
+                            pts.setdefault(r["noise_rate"], []).append(r[key] * 100)
+                    if pts:
+                        xs = sorted(pts)
+                        ax.errorbar([x * 100 for x in xs], [np.mean(pts[x]) for x in xs],
+                                    yerr=[np.std(pts[x]) for x in xs], marker="o", capsize=3, label=lab,
+                                    linestyle="--" if lab.startswith("ce @") else "-")
+                ax.set_xlabel(f"{kind} noise rate %")
+                ax.set_ylabel(("test accuracy" if i == 0 else "test mean-class accuracy") + " % (last epoch)")
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "accuracy_vs_noise.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    finished = [c for c in cells if (Path(c.config(out).out) / "summary.json").exists()]
+    if finished:
+        noises = list(dict.fromkeys(c.noise for c in finished))
+        fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 4), squeeze=False)
+        for ax, nz in zip(axes[0], noises):
+            for c in finished:
+                if c.noise == nz:
+                    h = [r for r in history(Path(c.config(out).out)) if "accuracy" in r]
+                    ax.plot([r["epoch"] for r in h], [r["accuracy"] * 100 for r in h], marker=".", label=c.name,
+                            linestyle="--" if c.control_of else "-")
+            ax.set_title(nz)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("test accuracy %")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        written.append(out / "epochs.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+        flaggers = [c for c in finished if any("noise_precision" in r for r in history(Path(c.config(out).out)))]
+        if flaggers:
+            fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+            for c in flaggers:
+                h = [r for r in history(Path(c.config(out).out)) if "noise_precision" in r]
+                for ax, key in zip(axes, ("noise_precision", "noise_recall")):
+                    ax.plot([r["epoch"] for r in h], [r[key] * 100 for r in h], marker=".", label=c.name)
+            for ax, key in zip(axes, ("noise precision %", "noise recall %")):
+                ax.set_xlabel("epoch")
+                ax.set_ylabel(key)
+                ax.grid(alpha=0.3)
+            axes[0].legend(fontsize=6)
+            fig.tight_layout()
+            written.append(out / "noise_pr.png")
+            fig.savefig(written[-1], dpi=120)
+            plt.close(fig)
+    return written

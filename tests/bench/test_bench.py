@@ -1,0 +1,102 @@
+"""bench end to end on a tiny grid of the real FERPlus: pretraining stage, controls, workers, results,
+plots, commands.txt; reruns skip, killed cells continue, changed cells and overlapping inits are refused."""
+import csv
+import json
+import shlex
+
+import pytest
+
+from robustfer.bench import make_grid, run_bench
+from robustfer.bench.grid import expand
+from robustfer.cli import main
+from robustfer.errors import RobustferError
+from robustfer.train import train
+
+
+def _raw(root, **kw):
+    raw = {"methods": ["ce", "dnfer"], "noise": [0, 0.3], "seeds": [1],
+           "train": {"dataset": "ferplus", "root": str(root), "epochs": 2, "limit": 128, "eval_limit": 64,
+                     "batch_size": 32, "recipe": "official"},
+           "pretrain": {"method": "ce", "recipe": "cpu", "offset": 300, "limit": 128, "epochs": 1}}
+    raw.update(kw)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory, ferplus_root):
+    out = tmp_path_factory.mktemp("bench")
+    rows = run_bench(make_grid(_raw(ferplus_root)), out, workers=2, live=False, echo=lambda *a: None)
+    return out, rows
+
+
+def test_grid_runs_every_cell_from_the_pretrained_start(grid_run):
+    out, rows = grid_run
+    names = sorted(r["cell"] for r in rows)
+    assert names == sorted(["ce_clean_s1", "dnfer_clean_s1", "ce@dnfer_clean_s1", "ce_symmetric0.3_s1",
+                            "dnfer_symmetric0.3_s1", "ce@dnfer_symmetric0.3_s1"])
+    for name in names:
+        cfg = json.loads((out / "cells" / name / "config.json").read_text())
+        assert cfg["init"] == str(out / "pretrain" / "last.pt") and cfg["select_split"] == "valid"
+    ctl = json.loads((out / "cells" / "ce@dnfer_symmetric0.3_s1" / "config.json").read_text())
+    dn = json.loads((out / "cells" / "dnfer_symmetric0.3_s1" / "config.json").read_text())
+    assert ctl["method"] == "ce" and all(ctl[k] == dn[k] for k in ("optimizer", "lr", "schedule", "gamma", "batch_size", "epochs"))
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 6 and {r["control_of"] for r in table} == {"", "dnfer"}
+    noisy = [r for r in table if r["method"] == "dnfer" and r["noise_type"] == "symmetric"][0]
+    assert noisy["noise_precision"] != "" and float(noisy["noise_rate"]) == 0.3 and noisy["selected_on"] == "valid"
+    md = (out / "results.md").read_text()
+    assert "| ce @ dnfer recipe |" in md and "symmetric 30%" in md and "**" in md
+    for png in ("accuracy_vs_noise.png", "epochs.png", "noise_pr.png"):
+        assert (out / png).stat().st_size > 1000
+    lines = (out / "commands.txt").read_text().splitlines()
+    cmds = [ln for ln in lines if not ln.startswith("#")]
+    assert len(cmds) == 7 and "--out " + str(out / "pretrain") in cmds[0]
+    assert all("--auto-resume" in c and "--threads" not in c for c in cmds)
+
+
+def test_rerun_skips_finished_cells_and_continues_a_killed_one(grid_run, ferplus_root):
+    out, rows = grid_run
+    killed = out / "cells" / "ce_clean_s1"
+    before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*/last.pt")}
+    # kill ce_clean_s1 after its first epoch: remove its run and train one epoch of the same cell
+    cell = next(c for c in expand(make_grid(_raw(ferplus_root)), str(out / "pretrain" / "last.pt")) if c.name == "ce_clean_s1")
+    full = json.loads((killed / "summary.json").read_text())
+    for p in killed.iterdir():
+        if p.name != "cell.json":
+            p.unlink()
+    train(cell.config(out), quiet=True, stop_after=1)
+    rows2 = run_bench(make_grid(_raw(ferplus_root)), out, workers=1, live=False, echo=lambda *a: None)
+    assert len(rows2) == 6
+    again = json.loads((killed / "summary.json").read_text())
+    assert again["last"] == full["last"] and again["best"] == full["best"]  # continued exactly
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*/last.pt")}
+    assert len(after) == 6 and all(after[n] == before[n] for n in after if n != "ce_clean_s1")  # not retrained
+
+
+def test_changed_settings_are_refused(grid_run, ferplus_root):
+    out, _ = grid_run
+    raw = _raw(ferplus_root)
+    raw["train"]["epochs"] = 3
+    with pytest.raises(RobustferError, match="settings changed"):
+        run_bench(make_grid(raw), out, live=False, echo=lambda *a: None)
+
+
+def test_an_init_that_saw_the_cells_images_is_refused(tmp_path, ferplus_root):
+    raw = _raw(ferplus_root, methods=["ce"], noise=[0])
+    raw["pretrain"] = {"method": "ce", "recipe": "cpu", "offset": 64, "limit": 128, "epochs": 1}  # overlaps 0..127
+    with pytest.raises(RobustferError, match="images that cell ce_clean_s1 trains"):
+        run_bench(make_grid(raw), tmp_path / "b", live=False, echo=lambda *a: None)
+
+
+def test_cli_dry_run_lists_cells_and_writes_commands(tmp_path, ferplus_root, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text('methods = ["ce", "ncctfer"]\nnoise = [0, "pair:0.3"]\n[train]\nepochs = 2\n')
+    rc = main(["bench", "--grid", str(grid), "--dataset", "ferplus", "--root", str(ferplus_root), "--recipe", "official",
+               "--seeds", "1,2", "--out", str(tmp_path / "o"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "12 cells (0 done, 0 to continue, 12 new)" in out and "ce@ncctfer_pair0.3_s2" in out
+    cmds = [shlex.split(ln) for ln in (tmp_path / "o" / "commands.txt").read_text().splitlines()]
+    assert len(cmds) == 12 and all(c[:4] == ["python", "-m", "robustfer", "train"] for c in cmds)
+    rc = main(["bench", "--grid", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "cannot read the grid file" in capsys.readouterr().err
