@@ -191,6 +191,8 @@ def _train_options(s: argparse.ArgumentParser) -> None:
                    "part of train), or test (the papers' habit, labelled so); default the data set's validation "
                    "split (FERPlus valid, FER2013 val), else holdout")
     s.add_argument("--holdout", type=float, default=0.1, help="share of train held out for --select-split holdout")
+    s.add_argument("--fold", help="I/K cross-fitting: train on the other K-1 seeded folds of the training images and "
+                   "write fold I's predicted probabilities to RUN/heldout.npz (bench's cleanlab comparison)")
 
 
 def cmd_bench(args) -> None:
@@ -210,8 +212,19 @@ def cmd_bench(args) -> None:
         raw["noise_type"] = args.noise_type
     if args.no_controls:
         raw["controls"] = False
+    if args.cleanlab_folds:
+        raw["cleanlab"] = {**raw.get("cleanlab", {}), "folds": args.cleanlab_folds}
+    if args.cleanlab_epochs:
+        raw.setdefault("cleanlab", {})["epochs"] = args.cleanlab_epochs
     grid = make_grid(raw, args.grid or "bench")
-    run_bench(grid, args.out, workers=args.workers, dry_run=args.dry_run, live=not args.no_live)
+    import signal
+
+    def _stop(signum, frame):  # SIGTERM (timeout, a scheduler): stop like Ctrl-C, the cells continue next time
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    run_bench(grid, args.out, workers=args.workers, dry_run=args.dry_run, live=not args.no_live,
+              collect_only=args.collect_only)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the CE controls at each method's recipe")
     s.add_argument("--dry-run", action="store_true", default=False, help="write commands.txt, list the cells, train nothing")
     s.add_argument("--no-live", action="store_true", default=False, help="no live table")
+    s.add_argument("--collect-only", action="store_true", default=False,
+                   help="write the tables and plots of the finished cells; train nothing")
+    s.add_argument("--cleanlab-folds", type=int, default=None, help="also run cleanlab on K-fold cross-fitted CE "
+                   "probabilities for every noisy setting and score it beside the methods' flags")
+    s.add_argument("--cleanlab-epochs", type=int, default=None, help="epochs of each cross-fitting fold (default the cells')")
     _train_options(s)
     s.set_defaults(func=cmd_bench)
 
@@ -288,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: a train run continues from its last finished epoch with --resume", file=sys.stderr)
+        print("interrupted: a train run continues from its last finished epoch with --resume "
+              "(bench: run the same command again)", file=sys.stderr)
         return 130
     return 0

@@ -11,8 +11,9 @@ from robustfer.errors import RobustferError
 
 
 def run_bench(grid: Grid, out: str | Path, workers: int = 1, dry_run: bool = False, live: bool = True,
-              echo=print) -> list[dict]:
-    """Plan, run (what is not done yet) and collect a grid into OUT; returns the results.csv rows."""
+              echo=print, collect_only: bool = False) -> list[dict]:
+    """Plan, run (what is not done yet) and collect a grid into OUT; returns the results.csv rows.
+    `collect_only`: tables and plots of the finished cells, nothing trained."""
     out = Path(out)
     stage = pretrain_config(grid, out)
     init = init_of(grid, out) or grid.train.get("init")
@@ -25,25 +26,36 @@ def run_bench(grid: Grid, out: str | Path, workers: int = 1, dry_run: bool = Fal
         for c, s in zip(cells, status):
             echo(f"  {c.name:40s} {s}")
         return []
-    if stage is not None and cell_status(Path(stage.out)) != "done":
-        echo(f"pretraining stage -> {stage.out}")
-        if run_one(stage, None) != 0:
-            raise RobustferError(f"the pretraining stage failed: see {Path(stage.out) / 'train.log'}")
-    note = check_disjoint(init, cells, out)
-    if note:
-        echo(note)
-    codes = run_cells(out, cells, workers=workers, live=live)
-    rows = collect(out, cells)
-    header = f"# bench {out}\n\nGrid: {json.dumps(grid.__dict__, default=str)}\n"
-    results_md(rows, out, header)
-    for p in plots(rows, cells, out):
+    codes = {}
+    if not collect_only:
+        if stage is not None and cell_status(Path(stage.out)) != "done":
+            echo(f"pretraining stage -> {stage.out}")
+            if run_one(stage, None) != 0:
+                raise RobustferError(f"the pretraining stage failed: see {Path(stage.out) / 'train.log'}")
+        note = check_disjoint(init, cells, out)
+        if note:
+            echo(note)
+        codes = run_cells(out, cells, workers=workers, live=live, on_done=lambda: write_results(grid, out, cells))
+    rows, written = write_results(grid, out, cells)
+    for p in written:
         echo(f"wrote {p}")
-    echo(f"wrote {out / 'results.csv'} and {out / 'results.md'} ({len(rows)} of {len(cells)} cells finished)")
+    echo(f"wrote {out / 'results.csv'} and {out / 'results.md'} ({len(rows)} of "
+         f"{sum(c.role != 'crossfit' for c in cells)} table cells finished)")
     failed = [n for n, c in codes.items() if c]
     if failed:
         raise RobustferError(f"{len(failed)} cell(s) failed: " + ", ".join(
             f"{n} (see {out / 'cells' / n / 'train.log'})" for n in failed[:5]) + "; rerun bench to retry them")
     return rows
+
+
+def write_results(grid: Grid, out: Path, cells: list[Cell]) -> tuple[list[dict], list[Path]]:
+    """results.csv, noise_detection.csv, results.md and the plots of the cells finished so far."""
+    from robustfer.bench.crossfit import detection_rows
+
+    rows = collect(out, cells)
+    detection = detection_rows(out, cells, rows)
+    results_md(rows, out, f"# bench {out}\n\nGrid: {json.dumps(grid.__dict__, default=str)}\n", detection)
+    return rows, plots(rows, cells, out)
 
 
 __all__ = ["Cell", "Grid", "expand", "load_grid_file", "make_grid", "parse_noise_list", "run_bench"]

@@ -49,7 +49,7 @@ def cell_row(cell: Cell, run: Path) -> dict | None:
 
 def collect(out: Path, cells: list[Cell]) -> list[dict]:
     """Rows of the finished cells; writes OUT/results.csv."""
-    rows = [r for c in cells if (r := cell_row(c, Path(c.config(out).out))) is not None]
+    rows = [r for c in cells if c.role != "crossfit" and (r := cell_row(c, Path(c.config(out).out))) is not None]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
         w.writeheader()
@@ -95,7 +95,7 @@ def table_md(rows: list[dict], key: str, title: str) -> list[str]:
     return out + [""]
 
 
-def results_md(rows: list[dict], out: Path, header: str = "") -> str:
+def results_md(rows: list[dict], out: Path, header: str = "", detection: list[dict] | None = None) -> str:
     """OUT/results.md: last epoch (the headline), best epoch by validation, last-5 mean, noise detection."""
     if not rows:
         text = header + "\nno finished cells yet\n"
@@ -118,6 +118,10 @@ def results_md(rows: list[dict], out: Path, header: str = "") -> str:
         if flagged:
             lines += table_md(flagged, "noise_precision", "Noise precision (flagged that were flipped), last epoch")
             lines += table_md(flagged, "noise_recall", "Noise recall (flipped that were flagged), last epoch")
+    if detection:
+        from robustfer.bench.crossfit import detection_md
+
+        lines += detection_md(detection)
     wall = sum(r["wall_s"] for r in rows)
     lines += [f"{len(rows)} cells, {wall / 60:.1f} min of training in total.", ""]
     text = "\n".join(lines)
@@ -159,7 +163,7 @@ def plots(rows: list[dict], cells: list[Cell], out: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
 
-    finished = [c for c in cells if (Path(c.config(out).out) / "summary.json").exists()]
+    finished = [c for c in cells if c.role != "crossfit" and (Path(c.config(out).out) / "summary.json").exists()]
     if finished:
         noises = list(dict.fromkeys(c.noise for c in finished))
         fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 4), squeeze=False)

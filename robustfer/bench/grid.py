@@ -38,6 +38,7 @@ class Cell:
     seed: int
     control_of: tuple[str, ...] = ()
     sweep: dict = field(default_factory=dict)
+    role: str = "method"            # method | control | crossfit (a cleanlab fold, not a table row)
 
     def config(self, out: Path) -> TrainConfig:
         return TrainConfig(**{**self.options, "out": str(out / "cells" / self.name)})
@@ -56,6 +57,7 @@ class Grid:
     controls: bool = True
     scale_warmup: bool = True
     pretrain: dict | None = None                           # train options of the stage, or {"checkpoint": P}
+    cleanlab: dict | None = None                           # {"folds": K, "epochs": E, other CE train options}
 
 
 def parse_noise_list(values: list, default_type: str = "symmetric") -> list[str]:
@@ -96,9 +98,11 @@ def make_grid(raw: dict, source: str = "the grid") -> Grid:
         [sweep]    option = [values...]  (imbalance = [10, 50], model = ["compact_s", "compact"], ...)
         [method.NAME]  train options of that method only (lr, batch_size, method_options = {k = 3} ...)
         [pretrain] train options of a stage run once (method ce, offset ...), or checkpoint = "path.pt"
+        [cleanlab] folds = K, epochs = E (and any CE train option): cleanlab on K-fold cross-fitted CE
+                   probabilities of each noisy training set, scored beside the methods' flags
     """
     known = {"methods", "noise", "noise_type", "seeds", "controls", "scale_warmup", "train", "sweep", "method",
-             "pretrain"}
+             "pretrain", "cleanlab"}
     unknown = set(raw) - known
     if unknown:
         raise RobustferError(f"{source}: unknown key(s) {sorted(unknown)}; use {sorted(known)}")
@@ -121,8 +125,14 @@ def make_grid(raw: dict, source: str = "the grid") -> Grid:
     pretrain = raw.get("pretrain")
     if pretrain is not None and "checkpoint" not in pretrain:
         _check_options({k: v for k, v in pretrain.items() if k != "method"}, f"{source} [pretrain]")
+    cleanlab = raw.get("cleanlab")
+    if cleanlab is not None:
+        cleanlab = dict(cleanlab)
+        if int(cleanlab.get("folds", 0)) < 2:
+            raise RobustferError(f"{source} [cleanlab]: folds must be at least 2 (k-fold cross-fitting)")
+        _check_options({k: v for k, v in cleanlab.items() if k != "folds"}, f"{source} [cleanlab]")
     seeds = [int(s) for s in raw.get("seeds", [1])]
-    return Grid(train=train, methods=methods, noise=parse_noise_list(raw.get("noise", [0]), raw.get("noise_type", "symmetric")),
+    return Grid(cleanlab=cleanlab, train=train, methods=methods, noise=parse_noise_list(raw.get("noise", [0]), raw.get("noise_type", "symmetric")),
                 seeds=seeds, sweep=sweep, method_train=method_train, controls=bool(raw.get("controls", True)),
                 scale_warmup=bool(raw.get("scale_warmup", True)), pretrain=pretrain)
 
@@ -203,7 +213,14 @@ def expand(grid: Grid, init: str | None = None) -> list[Cell]:
                             ctl = {**common, **grid.method_train.get("ce", {}), **r, "method": "ce"}
                             ctl["recipe"] = resolved({**common, **grid.method_train.get("ce", {})}, "ce").recipe
                             cells.append(Cell(cell_name("ce", noise, seed, sweep, tuple(of)), ctl, "ce", noise, seed,
-                                              control_of=tuple(of), sweep=sweep))
+                                              control_of=tuple(of), sweep=sweep, role="control"))
+                if grid.cleanlab and noise != "clean":
+                    k = int(grid.cleanlab["folds"])
+                    opts = {**common, **grid.method_train.get("ce", {}),
+                            **{a: b for a, b in grid.cleanlab.items() if a != "folds"}, "method": "ce"}
+                    for i in range(k):
+                        name = cell_name(f"cleanlab-f{i}of{k}", noise, seed, sweep)
+                        cells.append(Cell(name, {**opts, "fold": f"{i}/{k}"}, "ce", noise, seed, sweep=sweep, role="crossfit"))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise RobustferError("the grid names two cells alike (a sweep value repeated?): " +

@@ -53,14 +53,21 @@ def write_plan(out: Path, cells: list[Cell], stage: TrainConfig | None) -> None:
     (out / "commands.txt").write_text("\n".join(lines) + "\n")
 
 
-def run_one(cfg: TrainConfig, threads: int | None) -> int:
-    """One train run in a child process (its output in RUN/train.log); returns its exit code."""
+def run_one(cfg: TrainConfig, threads: int | None, procs: set | None = None) -> int:
+    """One train run in a child process (its output in RUN/train.log); returns its exit code. The child is
+    kept in `procs` while it runs, so that an interrupted bench can stop it."""
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+    procs = set() if procs is None else procs
     with open(run / "train.log", "a") as log:
-        return subprocess.run([sys.executable, "-m", "robustfer", *train_argv(with_threads(cfg, threads))],
-                              stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        p = subprocess.Popen([sys.executable, "-m", "robustfer", *train_argv(with_threads(cfg, threads))],
+                             stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs.add(p)
+        try:
+            return p.wait()
+        finally:
+            procs.discard(p)
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
@@ -73,27 +80,40 @@ def epochs_done(run: Path) -> int:
     return len(p.read_text().splitlines()) if p.exists() else 0
 
 
-def run_cells(out: Path, cells: list[Cell], workers: int = 1, live: bool = True) -> dict[str, int]:
-    """Run the cells not yet done with `workers` local processes; returns {cell name: exit code} of those run."""
+def run_cells(out: Path, cells: list[Cell], workers: int = 1, live: bool = True, on_done=None) -> dict[str, int]:
+    """Run the cells not yet done with `workers` local processes; returns {cell name: exit code} of those run.
+    `on_done` is called after each cell (bench rewrites its tables, so a grid stopped midway has them)."""
     todo = [c for c in cells if cell_status(Path(c.config(out).out)) != "done"]
     threads = threads_per_worker(workers)
     codes: dict[str, int] = {}
     started: dict[str, float] = {}
     finished_s: list[float] = []
+    procs: set = set()
+    stopping = []
 
     def job(cell: Cell) -> None:
+        if stopping:
+            return
         started[cell.name] = time.perf_counter()
-        codes[cell.name] = run_one(cell.config(out), threads)
+        codes[cell.name] = run_one(cell.config(out), threads, procs)
         finished_s.append(time.perf_counter() - started.pop(cell.name))
+        if on_done is not None:
+            on_done()
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(job, c) for c in todo]
         view = LiveView(out, cells, todo, started, finished_s, codes, workers, enabled=live)
-        with view:
-            while not all(f.done() for f in futures):
+        try:
+            with view:
+                while not all(f.done() for f in futures):
+                    view.update()
+                    time.sleep(0.5)
                 view.update()
-                time.sleep(1.0)
-            view.update()
+        except BaseException:  # Ctrl-C / SIGTERM: stop the running cells (they continue on the next run)
+            stopping.append(True)
+            for p in list(procs):
+                p.terminate()
+            raise
         for f in futures:
             f.result()
     return codes

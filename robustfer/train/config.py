@@ -55,6 +55,7 @@ class TrainConfig:
     select_split: str | None = None    # where `best` is chosen: a split, holdout, or test (on request); default
                                        # the data set's validation split, else holdout
     holdout: float = 0.1               # share of train held out for --select-split holdout
+    fold: str | None = None            # I/K: train on the other folds, write fold I's probabilities (heldout.npz)
 
     def save(self, path: Path, extra: dict) -> None:
         Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2, default=str))  # Paths from the Python API

@@ -65,3 +65,30 @@ def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData,
 def with_labels(data: FERData, labels: np.ndarray) -> FERData:
     """A copy of `data` with other training labels."""
     return replace(data, labels=np.asarray(labels, np.int64))
+
+
+def parse_fold(spec: str) -> tuple[int, int]:
+    """'2/5' -> (2, 5): fold 2 (0-based) of 5."""
+    try:
+        i, k = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise RobustferError(f"--fold {spec!r}: expected I/K, e.g. 0/3 (fold I of K, 0-based)") from None
+    if not (k >= 2 and 0 <= i < k):
+        raise RobustferError(f"--fold {spec!r}: need K >= 2 and 0 <= I < K")
+    return i, k
+
+
+def fold_indices(n: int, k: int, seed: int) -> list[np.ndarray]:
+    """k seeded folds (sorted index arrays) covering 0..n-1 once each, sizes within one of each other."""
+    perm = np.random.default_rng([seed, 4242]).permutation(n)
+    return [np.sort(part) for part in np.array_split(perm, k)]
+
+
+def split_fold(train: FERData, spec: str, seed: int) -> tuple[FERData, FERData]:
+    """(the other folds, fold I) of the training images: cross-fitting for out-of-sample probabilities."""
+    i, k = parse_fold(spec)
+    if len(train) < 2 * k:
+        raise RobustferError(f"--fold {spec}: {len(train)} training images are too few for {k} folds")
+    folds = fold_indices(len(train), k, seed)
+    rest = np.sort(np.concatenate([f for j, f in enumerate(folds) if j != i]))
+    return train.subset(rest), train.subset(folds[i])

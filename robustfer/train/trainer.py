@@ -20,7 +20,7 @@ from robustfer.models import create_backbone, load_init, model_defaults
 from robustfer.models.predict import predict_logits
 from robustfer.train.checkpoint import load_checkpoint, save_atomic
 from robustfer.train.config import TrainConfig, resolve
-from robustfer.train.data import load_splits
+from robustfer.train.data import load_splits, split_fold
 from robustfer.train.progress import EpochProgress
 
 
@@ -103,6 +103,9 @@ class Run:
         self.spec = ViewSpec(size=cfg.input_size or size, channels=chans, norm=cfg.norm, recipe=cfg.recipe)
 
         self.train_data, self.select_data, self.eval_data = load_splits(cfg)
+        self.fold_data = None
+        if cfg.fold:  # cross-fitting: fold I is predicted, never trained on
+            self.train_data, self.fold_data = split_fold(self.train_data, cfg.fold, cfg.seed)
         if len(self.train_data) < 2:
             raise RobustferError(f"training split of {cfg.root} has {len(self.train_data)} images: need at least 2")
         dev = self.device
@@ -326,9 +329,24 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
             progress.report(row)
     writer.close()
     summary = summarize(run.history, run.wall_before + time.perf_counter() - t_start, cfg.select_split)
+    if run.history and len(run.history) == cfg.epochs and run.fold_data is not None:
+        write_heldout(run, out / "heldout.npz")
     if run.history and len(run.history) == cfg.epochs:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def write_heldout(run: Run, path: Path) -> None:
+    """The last model's softmax probabilities on the held-out fold, with its files, given labels and, under
+    synthetic noise, clean labels and flip mask (what cleanlab's find_label_issues needs)."""
+    d = run.fold_data
+    images = torch.from_numpy(np.array(d.images)).to(run.device)
+    logits = predict_logits(run.test_model, images, run.spec.size, run.spec.channels, run.spec.norm, precision=run.precision)
+    probs = torch.softmax(logits.float(), 1).cpu().numpy()
+    extra = {} if d.flipped is None else {"clean_labels": d.clean_labels, "flipped": d.flipped}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, files=np.array(d.files), labels=d.labels, probs=probs, classes=np.array(d.classes), **extra)
+    tmp.replace(path)
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
