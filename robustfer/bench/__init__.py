@@ -28,7 +28,9 @@ def run_bench(grid: Grid, out: str | Path, workers: int = 1, dry_run: bool = Fal
         return []
     codes = {}
     if not collect_only:
-        if stage is not None and cell_status(Path(stage.out)) != "done":
+        # the stage's checkpoint is never committed: a grid resumed on a fresh clone trains it again
+        if stage is not None and (cell_status(Path(stage.out)) != "done" or not (Path(stage.out) / "last.pt").exists())\
+                and any(cell_status(Path(c.config(out).out)) != "done" for c in cells):
             echo(f"pretraining stage -> {stage.out}")
             if run_one(stage, None) != 0:
                 raise RobustferError(f"the pretraining stage failed: see {Path(stage.out) / 'train.log'}")
