@@ -5,6 +5,11 @@
 #      (bench is resumable: a second call continues the grid).
 # Usage: FERPLUS=path/to/ferplus OUT=dir bash benchmarks/gpu.sh
 #   SMOKE=1 runs the same steps on the CPU with tiny sizes (to test this script without a GPU).
+# On the lent GPU machine (nothing but the repository travels, at most 64 MiB; FERPlus is 145 MB):
+#   here:  echo /.gpu_data/ >> .git/info/exclude
+#          .venv/bin/python benchmarks/pack_ferplus.py pack ../shared/data/ferplus .gpu_data/ferplus.npz
+#   run (carry [".gpu_data"]): python3 benchmarks/pack_ferplus.py unpack .gpu_data/ferplus.npz /tmp/ferplus &&
+#          FERPLUS=/tmp/ferplus OUT=$OUT bash benchmarks/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FERPLUS=${FERPLUS:-../shared/data/ferplus}
@@ -14,6 +19,7 @@ BUDGET_S=${BUDGET_S:-480}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # robustfer from this checkout, installed or not
 if [[ "${SMOKE:-0}" == 1 ]]; then
     DEV=cpu; LIMIT=(--limit 256); EXTRA=(--device cpu --epochs 1 --limit 128 --eval-limit 64 --input-size 48)
 else

@@ -40,11 +40,9 @@ from robustfer.models.predict import predict_logits  # noqa: E402
 from robustfer.train import TrainConfig, train  # noqa: E402
 from robustfer.train.checkpoint import load_trained  # noqa: E402
 
-# Search-only networks (width and depth of compact_s), registered for this process only: they lost the
-# comparison (BENCHMARKS.md), so the package does not ship them; a winner would move to robustfer.models.
+# Search-only networks, registered for this process only: they lost the comparison (BENCHMARKS.md), so
+# the package does not ship them (the width winner, compact_s_w75, moved to robustfer.models).
 SEARCH_MODELS = {
-    # every width x 0.75: 0.56x the multiply-adds
-    "compact_s_w75": (24, 48, "M", 96, 96, "M", 192, 192, "M", 384),
     # 5 convs instead of 7 (one 128 and one 256 conv dropped)
     "compact_s_d5": (32, 64, "M", 128, "M", 256, "M", 512),
 }

@@ -14,6 +14,8 @@ import torch.nn as nn
 CONFIG = (32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 512)
 # The strided-stem layout: conv 32 stride 2 (48 -> 24), then as CONFIG from its second conv.
 STEM_CONFIG = (32, 64, "M", 128, 128, "M", 256, 256, "M", 512)
+# STEM_CONFIG with every width x 0.75 (0.56x the multiply-adds): the most accurate in 15 minutes (issue 12).
+STEM_W75_CONFIG = (24, 48, "M", 96, 96, "M", 192, 192, "M", 384)
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:

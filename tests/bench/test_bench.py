@@ -100,3 +100,21 @@ def test_cli_dry_run_lists_cells_and_writes_commands(tmp_path, ferplus_root, cap
     assert len(cmds) == 12 and all(c[:4] == ["python", "-m", "robustfer", "train"] for c in cmds)
     rc = main(["bench", "--grid", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "cannot read the grid file" in capsys.readouterr().err
+
+
+def test_live_view_shows_cells_done_running_epochs_and_eta(grid_run, ferplus_root):
+    import time
+
+    from rich.console import Console
+
+    from robustfer.bench.run import LiveView
+
+    out, _ = grid_run
+    cells = expand(make_grid(_raw(ferplus_root)), str(out / "pretrain" / "last.pt"))
+    started = {"dnfer_clean_s1": time.perf_counter() - 120}
+    view = LiveView(out, cells, cells[:4], started, [60.0, 120.0], {"a": 0, "b": 1}, workers=1, enabled=False)
+    console = Console(width=200, record=True)
+    console.print(view.render())
+    text = console.export_text()
+    assert "6/6 cells done, ETA 3 min, 1 failed" in text  # 2 left x 90 s mean / 1 worker
+    assert "dnfer_clean_s1" in text and "2/2" in text and "2.0" in text

@@ -64,7 +64,7 @@ def test_unknown_model():
 
 
 @pytest.mark.parametrize("name, size, width, params", [
-    ("compact_s", 48, 512, 2311144), ("compact_s40", 40, 512, 2311144)])
+    ("compact_s", 48, 512, 2311144), ("compact_s40", 40, 512, 2311144), ("compact_s_w75", 48, 384, 1301360)])
 def test_strided_stem_models_shapes_and_size(name, size, width, params):
     """The compact_s* models: a stride-2 first conv (no full-resolution map), the compact CNN from there on."""
     from robustfer.models import model_defaults
@@ -85,7 +85,7 @@ def test_compact_s_has_the_compact_weights_from_its_second_conv():
     assert [v.shape for v in a.values()] == [v.shape for v in b.values()]
 
 
-@pytest.mark.parametrize("name", ["compact_s", "compact_s40"])
+@pytest.mark.parametrize("name", ["compact_s", "compact_s40", "compact_s_w75"])
 def test_new_models_overfit_one_batch(name):
     """A sanity check that gradients reach every layer: 16 random images with fixed labels are memorised."""
     from robustfer.models import model_defaults
