@@ -177,7 +177,6 @@ def check_disjoint(init: str | None, cells: list[Cell], out: Path) -> str:
 
     seen = set(listing.read_text().splitlines())
     checked: set = set()
-    used = 0
     for cell in cells:
         cfg = resolved({k: v for k, v in cell.options.items() if k != "method"}, cell.method)
         key = (cfg.dataset, cfg.root, cfg.train_split, cfg.eval_split, cfg.select_split, cfg.offset, cfg.limit,
@@ -193,5 +192,4 @@ def check_disjoint(init: str | None, cells: list[Cell], out: Path) -> str:
         if overlap:
             raise RobustferError(f"{init} was trained on {len(overlap)} images that cell {cell.name} trains, selects "
                                  f"or tests on (e.g. {sorted(overlap)[0]}): pretrain on other images (--offset)")
-        used = max(used, len(files))
     return f"{init}: trained on {len(seen)} images, none of them among the cells' training, selection or test images"
