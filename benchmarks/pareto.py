@@ -245,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs = (json.loads(saved.read_text())["epochs"] if saved.exists()
                       else plan_epochs(args, name, budget, n_train, n_eval))
             cfg = make_cfg(args, name, out, epochs)
-            want = {"model": cfg.model, "epochs": epochs, "input_size": cfg.input_size, "ema": cfg.ema,
-                    "eval_every": cfg.eval_every, "method_options": cfg.method_options, "label_mode": cfg.label_mode}
-            run_cell(cfg, want, f"{name} {budget:g} min -> {epochs} epochs")
+            run_cell(cfg, f"{name} {budget:g} min -> {epochs} epochs")
             if not (out / "inference.json").exists():
                 (out / "inference.json").write_text(json.dumps({"faces_per_s": infer_speed(args, out / "last.pt")}))
     print(write_table(args.out))
