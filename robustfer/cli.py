@@ -141,8 +141,14 @@ def cmd_eval(args) -> None:
                                      f"{list(classes)}: evaluate on a data set with the same classes")
             labels = np.array([lookup[canonical_name(data.classes[y])] for y in data.labels], np.int64)
             images = torch.from_numpy(np.array(data.images))
+            votes = None  # annotator votes (FERPlus), their class columns put in the checkpoint's class order
+            if data.votes is not None and len(data.votes):
+                votes = np.zeros((len(data.votes), len(classes)), np.float64)
+                for i, c in enumerate(data.classes):
+                    votes[:, lookup[canonical_name(c)]] = data.votes[:, i]
         logits = predict_logits(model, images, spec["size"], spec["channels"], spec["norm"])
-        results[tag] = evaluate_predictions(logits.argmax(1).numpy(), labels, classes, logits.numpy())
+        results[tag] = evaluate_predictions(logits.argmax(1).numpy(), labels, classes, logits.numpy(),
+                                            votes=votes, min_votes=args.min_votes)
     if args.json:
         print(json.dumps(results if len(results) > 1 else next(iter(results.values())), indent=2))
         return
@@ -150,6 +156,10 @@ def cmd_eval(args) -> None:
         print(f"{tag}: accuracy {r['accuracy']:.4f}  mean-class accuracy {r['mean_class_accuracy']:.4f}  ({r['n']} images)")
         print("  per-class recall: " + ", ".join(f"{c} {v:.3f}" if v is not None else f"{c} -"
                                                  for c, v in r["per_class_recall"].items()))
+        if "vote_kl" in r:
+            print(f"  votes ({r['vote_images']} images): KL(votes||p) {r['vote_kl']:.4f}  top-vote probability "
+                  f"{r['top_vote_prob']:.4f}  plausible accuracy {r['plausible_accuracy']:.4f} "
+                  f"(predicted class got >= {r['plausible_min_votes']} votes)")
 
 
 def _train_options(s: argparse.ArgumentParser) -> None:
@@ -193,6 +203,66 @@ def _train_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--holdout", type=float, default=0.1, help="share of train held out for --select-split holdout")
     s.add_argument("--fold", help="I/K cross-fitting: train on the other K-1 seeded folds of the training images and "
                    "write fold I's predicted probabilities to RUN/heldout.npz (bench's cleanlab comparison)")
+
+
+def cmd_pretrain(args) -> None:
+    from dataclasses import fields
+
+    from robustfer.pretrain import PretrainConfig, pretrain
+
+    if args.resume:
+        s = pretrain(PretrainConfig(dataset="", root="", out=args.out), resume=True, quiet=args.quiet)
+    else:
+        for name in ("dataset", "root", "objective"):
+            if getattr(args, name) is None:
+                raise RobustferError(f"pretrain needs --{name} (or --resume to continue the run in --out)")
+        cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig) if hasattr(args, f.name)})
+        s = pretrain(cfg, quiet=args.quiet, auto_resume=args.auto_resume)
+    if s:
+        print(f"{s['objective']} on {s['model']}: {s['train_images']} images, {s['epochs']} epochs, loss "
+              f"{s['loss_first']:.4f} -> {s['loss_last']:.4f}; {s['wall_s']:.0f} s; start training from it with "
+              f"`robustfer train --init {s['checkpoint']} --model {s['model']} ...`")
+
+
+def _pretrain_parser(sub) -> None:
+    from robustfer.models import DEFAULT_MODEL, MODELS
+    from robustfer.pretrain import OBJECTIVES
+
+    s = sub.add_parser("pretrain", help="label-free pre-training on the training images (labels unused); "
+                       "`train --init RUN/last.pt` starts from it")
+    _data_args(s, dataset_required=False)
+    s.add_argument("--objective", choices=tuple(OBJECTIVES),
+                   help="; ".join(f"{n}: {c.summary} [{c.paper}]" for n, c in OBJECTIVES.items()).replace("%", "%%"))
+    s.add_argument("--out", required=True, help="run folder (config.json, last.pt, metrics.jsonl, summary.json)")
+    s.add_argument("--model", help=f"one of {', '.join(MODELS)} (default vit_s for mae, {DEFAULT_MODEL} otherwise)")
+    s.add_argument("--epochs", type=int, help="default: the objective's recipe (100)")
+    s.add_argument("--batch-size", type=int, help="default 256")
+    s.add_argument("--lr", type=float, help="default: base lr x batch size / 256 (mae 1.5e-4, simsiam 0.05)")
+    s.add_argument("--weight-decay", type=float, help="default: mae 0.05, simsiam 5e-4")
+    s.add_argument("--optimizer", choices=("adamw", "sgd"), help="default: mae adamw, simsiam sgd")
+    s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    s.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay (default: mae 5%% of --epochs, simsiam 0)")
+    s.add_argument("--mask-ratio", type=float, help="mae: share of patches masked (default 0.75)")
+    s.add_argument("--decoder-depth", type=int, help="mae: decoder blocks (default 2)")
+    s.add_argument("--decoder-dim", type=int, help="mae: decoder width (default 128)")
+    s.add_argument("--decoder-heads", type=int, help="mae: decoder attention heads (default 4)")
+    s.add_argument("--proj-dim", type=int, help="simsiam: projector width (default 512)")
+    s.add_argument("--pred-dim", type=int, help="simsiam: predictor bottleneck (default 128)")
+    s.add_argument("--norm", default="imagenet", choices=("imagenet", "rafdb", "half"),
+                   help="input normalisation: the one the train runs that start from it use (default imagenet)")
+    s.add_argument("--input-size", type=int, help="network input size (default: the model's)")
+    s.add_argument("--train-split", default="train")
+    s.add_argument("--offset", type=int, help="skip the first N training images (pretrain on images a bench never uses)")
+    s.add_argument("--limit", type=int, help="use N training images (after --offset)")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    s.add_argument("--threads", type=int, help="CPU threads for torch")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    s.add_argument("--auto-resume", action="store_true", help="idempotent: skip a finished run with these settings, "
+                   "continue an interrupted one, else start (bench's [pretrain] stage)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    s.set_defaults(func=cmd_pretrain)
 
 
 def cmd_bench(args) -> None:
@@ -289,10 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     _train_options(s)
     s.set_defaults(func=cmd_bench)
 
+    _pretrain_parser(sub)
+
     s = sub.add_parser("eval", help="accuracy, mean-class accuracy, per-class recall, confusion matrix")
     s.add_argument("--checkpoint", required=True, help="a .pt file, or a run folder (evaluates last.pt and best.pt)")
     _data_args(s)
     s.add_argument("--split", default="test")
+    s.add_argument("--min-votes", type=int, default=2,
+                   help="plausible accuracy's T: the predicted class needs at least T votes (data sets with votes; default 2)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)
     return p

@@ -14,7 +14,11 @@ from robustfer.bench.grid import Cell
 COLUMNS = ["cell", "method", "control_of", "noise_type", "noise_rate", "seed", "sweep", "selected_on",
            "last_accuracy", "last_mean_class_accuracy", "best_accuracy", "best_mean_class_accuracy", "best_epoch",
            "last5_accuracy", "last5_mean_class_accuracy", "flagged_fraction", "noise_precision", "noise_recall",
-           "epochs", "wall_s", "images_per_s"]
+           "epochs", "wall_s", "images_per_s",
+           # vote-aware figures (methods.md §5) where the test split has annotator votes (FERPlus), else empty
+           "last_vote_kl", "last_top_vote_prob", "last_plausible_accuracy",
+           "best_vote_kl", "best_top_vote_prob", "best_plausible_accuracy"]
+VOTE_KEYS = ("vote_kl", "top_vote_prob", "plausible_accuracy")
 
 
 def noise_parts(noise: str) -> tuple[str, float]:
@@ -44,6 +48,7 @@ def cell_row(cell: Cell, run: Path) -> dict | None:
         "flagged_fraction": last.get("flagged_fraction"), "noise_precision": last.get("noise_precision"),
         "noise_recall": last.get("noise_recall"), "epochs": s["epochs"], "wall_s": s["wall_s"],
         "images_per_s": s["images_per_s"],
+        **{f"{blk}_{k}": s[blk].get(k) for blk in ("last", "best") for k in VOTE_KEYS},
     }
 
 
@@ -65,13 +70,15 @@ def noise_label(row: dict) -> str:
     return "clean" if row["noise_type"] == "none" else f"{row['noise_type']} {row['noise_rate'] * 100:g}%"
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.array(values, float) * 100
+def mean_std(values: list[float], scale: float = 100.0) -> tuple[float, float]:
+    v = np.array(values, float) * scale
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def table_md(rows: list[dict], key: str, title: str) -> list[str]:
-    """One markdown table: methods (controls beside) x noise settings, `key` as mean ± std % over seeds."""
+def table_md(rows: list[dict], key: str, title: str, scale: float = 100.0, digits: int = 2,
+             lower_is_better: bool = False) -> list[str]:
+    """One markdown table: methods (controls beside) x noise settings, `key` as mean ± std over seeds (x `scale`:
+    % by default), the best per column (highest, or lowest with `lower_is_better`) in bold."""
     noises = list(dict.fromkeys(noise_label(r) for r in rows))
     labels = list(dict.fromkeys(label(r) for r in rows))
     cells: dict[tuple[str, str], tuple[float, float, int]] = {}
@@ -79,8 +86,9 @@ def table_md(rows: list[dict], key: str, title: str) -> list[str]:
         for nz in noises:
             vals = [r[key] for r in rows if label(r) == lab and noise_label(r) == nz and r[key] not in (None, "")]
             if vals:
-                cells[(lab, nz)] = (*mean_std(vals), len(vals))
-    best = {nz: max((v[0] for (lab, n), v in cells.items() if n == nz), default=None) for nz in noises}
+                cells[(lab, nz)] = (*mean_std([float(v) for v in vals], scale), len(vals))
+    pick = min if lower_is_better else max
+    best = {nz: pick((v[0] for (lab, n), v in cells.items() if n == nz), default=None) for nz in noises}
     out = [f"**{title}**", "", "| method | " + " | ".join(noises) + " |", "|---|" + "---:|" * len(noises)]
     for lab in labels:
         parts = []
@@ -89,7 +97,7 @@ def table_md(rows: list[dict], key: str, title: str) -> list[str]:
                 parts.append("-")
                 continue
             m, s, n = cells[(lab, nz)]
-            text = f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "")
+            text = f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
             parts.append(f"**{text}**" if math.isclose(m, best[nz]) else text)
         out.append(f"| {lab} | " + " | ".join(parts) + " |")
     return out + [""]
@@ -114,6 +122,14 @@ def results_md(rows: list[dict], out: Path, header: str = "", detection: list[di
         lines += table_md(part, "best_accuracy", f"Test accuracy at the epoch of best {'/'.join(sel)} accuracy")
         lines += table_md(part, "best_mean_class_accuracy", f"Test mean-class accuracy at the epoch of best {'/'.join(sel)} mean-class accuracy")
         lines += table_md(part, "last5_accuracy", "Test accuracy, mean of the last 5 epochs")
+        voted = [r for r in part if r.get("last_vote_kl") not in (None, "")]
+        if voted:  # vote-aware figures (methods.md §5), where the test split has annotator votes
+            lines += table_md(voted, "last_vote_kl", "Test vote KL(votes ‖ p) in nats, last epoch (lower is better)",
+                              scale=1.0, digits=3, lower_is_better=True)
+            lines += table_md(voted, "last_top_vote_prob", "Test top-vote probability (model's probability of the "
+                              "annotators' top class, %), last epoch")
+            lines += table_md(voted, "last_plausible_accuracy", "Test plausible accuracy (predicted class got at least "
+                              "2 votes, %), last epoch")
         flagged = [r for r in part if r["noise_precision"] not in (None, "")]
         if flagged:
             lines += table_md(flagged, "noise_precision", "Noise precision (flagged that were flipped), last epoch")

@@ -58,6 +58,7 @@ class Grid:
     scale_warmup: bool = True
     pretrain: dict | None = None                           # train options of the stage, or {"checkpoint": P}
     cleanlab: dict | None = None                           # {"folds": K, "epochs": E, other CE train options}
+    variants: dict = field(default_factory=dict)           # row name -> {"method": M, its train options}
 
 
 def parse_noise_list(values: list, default_type: str = "symmetric") -> list[str]:
@@ -97,12 +98,15 @@ def make_grid(raw: dict, source: str = "the grid") -> Grid:
         [train]    any train option for every cell (dataset, root, model, epochs, limit, method_options...)
         [sweep]    option = [values...]  (imbalance = [10, 50], model = ["compact_s", "compact"], ...)
         [method.NAME]  train options of that method only (lr, batch_size, method_options = {k = 3} ...)
-        [pretrain] train options of a stage run once (method ce, offset ...), or checkpoint = "path.pt"
+        [variant.NAME] method = "pll" and train options: a row of its own (e.g. pll at min_votes 1, CE with
+                   --label-mode probability); NAME goes in `methods`
+        [pretrain] train options of a stage run once (method ce, offset ...), or checkpoint = "path.pt", or
+                   objective = "mae"|"simsiam" and pretrain options: a label-free `robustfer pretrain` stage
         [cleanlab] folds = K, epochs = E (and any CE train option): cleanlab on K-fold cross-fitted CE
                    probabilities of each noisy training set, scored beside the methods' flags
     """
     known = {"methods", "noise", "noise_type", "seeds", "controls", "scale_warmup", "train", "sweep", "method",
-             "pretrain", "cleanlab"}
+             "pretrain", "cleanlab", "variant"}
     unknown = set(raw) - known
     if unknown:
         raise RobustferError(f"{source}: unknown key(s) {sorted(unknown)}; use {sorted(known)}")
@@ -111,8 +115,14 @@ def make_grid(raw: dict, source: str = "the grid") -> Grid:
         if key not in train:
             raise RobustferError(f"{source}: needs {key} (--{key} or [train] {key} = ...)")
     methods = [str(m) for m in raw.get("methods", ["ce"])]
+    variants = {str(n): dict(o) for n, o in raw.get("variant", {}).items()}
+    for n, o in variants.items():
+        if n in METHODS or str(o.get("method")) not in METHODS:
+            raise RobustferError(f"{source}: [variant.{n}] needs a name that is not a method and method = one of "
+                                 f"{', '.join(METHODS)}")
+        _check_options({k: v for k, v in o.items() if k != "method"}, f"{source} [variant.{n}]")
     for m in methods:
-        if m not in METHODS:
+        if m not in METHODS and m not in variants:
             raise RobustferError(f"{source}: unknown method {m!r}; `robustfer methods` lists them: {', '.join(METHODS)}")
     _check_options(train, f"{source} [train]")
     sweep = {k: list(v) if isinstance(v, list) else [v] for k, v in raw.get("sweep", {}).items()}
@@ -123,7 +133,9 @@ def make_grid(raw: dict, source: str = "the grid") -> Grid:
             raise RobustferError(f"{source}: [method.{m}] names no method; use one of {', '.join(METHODS)}")
         _check_options(o, f"{source} [method.{m}]")
     pretrain = raw.get("pretrain")
-    if pretrain is not None and "checkpoint" not in pretrain:
+    if pretrain is not None and "objective" in pretrain:  # label-free stage: `robustfer pretrain`
+        _check_pretrain_options(pretrain, f"{source} [pretrain]")
+    elif pretrain is not None and "checkpoint" not in pretrain:
         _check_options({k: v for k, v in pretrain.items() if k != "method"}, f"{source} [pretrain]")
     cleanlab = raw.get("cleanlab")
     if cleanlab is not None:
@@ -134,7 +146,16 @@ def make_grid(raw: dict, source: str = "the grid") -> Grid:
     seeds = [int(s) for s in raw.get("seeds", [1])]
     return Grid(cleanlab=cleanlab, train=train, methods=methods, noise=parse_noise_list(raw.get("noise", [0]), raw.get("noise_type", "symmetric")),
                 seeds=seeds, sweep=sweep, method_train=method_train, controls=bool(raw.get("controls", True)),
-                scale_warmup=bool(raw.get("scale_warmup", True)), pretrain=pretrain)
+                scale_warmup=bool(raw.get("scale_warmup", True)), pretrain=pretrain, variants=variants)
+
+
+def _check_pretrain_options(opts: dict, where: str) -> None:
+    from robustfer.pretrain import PretrainConfig, objective_class
+
+    objective_class(str(opts["objective"]))
+    bad = set(opts) - ({f.name for f in fields(PretrainConfig)} - {"out"})  # bench sets --out
+    if bad:
+        raise RobustferError(f"{where}: {sorted(bad)} are not pretrain options; see `robustfer pretrain --help`")
 
 
 def _check_options(opts: dict, where: str) -> None:
@@ -183,6 +204,17 @@ def cell_name(method: str, noise: str, seed: int, sweep: dict, control_of: tuple
     return f"{head}_{noise_tag}{extra}_s{seed}"
 
 
+def row_method(grid: Grid, name: str) -> str:
+    """The training method of a table row: the variant's method, or the name itself."""
+    return str(grid.variants[name]["method"]) if name in grid.variants else name
+
+
+def row_options(grid: Grid, name: str, common: dict) -> dict:
+    """Train options of a row: the shared ones, its method's [method.M], then its [variant.NAME]."""
+    variant = {k: v for k, v in grid.variants.get(name, {}).items() if k != "method"}
+    return {**common, **grid.method_train.get(row_method(grid, name), {}), **variant}
+
+
 def expand(grid: Grid, init: str | None = None) -> list[Cell]:
     """Every cell of the grid, controls right after the methods they control."""
     cells: list[Cell] = []
@@ -195,16 +227,16 @@ def expand(grid: Grid, init: str | None = None) -> list[Cell]:
         for method in grid.methods:
             if method == "ce" or not grid.controls:
                 continue
-            r = recipe_of(resolved({**base, **grid.method_train.get(method, {})}, method))
+            r = recipe_of(resolved(row_options(grid, method, base), row_method(grid, method)))
             if r != ce_recipe:
                 controls.setdefault(json.dumps(r, sort_keys=True), (r, []))[1].append(method)
         for noise in grid.noise:
             for seed in grid.seeds:
                 common = {**base, "seed": seed, **({} if noise == "clean" else {"noise": noise})}
                 for method in grid.methods:
-                    opts = {**common, **grid.method_train.get(method, {}), "method": method}
+                    opts = {**row_options(grid, method, common), "method": row_method(grid, method)}
                     if grid.scale_warmup:
-                        warm = scaled_warmup(method, opts)
+                        warm = scaled_warmup(opts["method"], opts)
                         if warm:
                             opts["method_options"] = {**opts.get("method_options", {}), **warm}
                     cells.append(Cell(cell_name(method, noise, seed, sweep), opts, method, noise, seed, sweep=sweep))
@@ -228,10 +260,18 @@ def expand(grid: Grid, init: str | None = None) -> list[Cell]:
     return cells
 
 
-def pretrain_config(grid: Grid, out: Path) -> TrainConfig | None:
-    """The pretraining stage as a train run in OUT/pretrain (None when the grid gives a checkpoint or none)."""
+def pretrain_config(grid: Grid, out: Path):
+    """The pretraining stage as a train run in OUT/pretrain, or with `objective` a label-free `robustfer
+    pretrain` run (a PretrainConfig); None when the grid gives a checkpoint or none."""
     if grid.pretrain is None or "checkpoint" in grid.pretrain:
         return None
+    if "objective" in grid.pretrain:
+        from robustfer.pretrain import PretrainConfig
+
+        names = {f.name for f in fields(PretrainConfig)}
+        shared = {k: grid.train[k] for k in ("dataset", "root", "model", "cache_dir", "label_mode", "input_size",
+                                             "device", "threads", "norm", "train_split") if k in grid.train and k in names}
+        return PretrainConfig(**{**shared, **grid.pretrain, "out": str(out / "pretrain")})
     shared = {k: grid.train[k] for k in ("dataset", "root", "model", "cache_dir", "label_mode", "input_size",
                                          "device", "threads") if k in grid.train}
     return TrainConfig(**{**shared, "method": "ce", **grid.pretrain, "out": str(out / "pretrain")})
@@ -247,7 +287,12 @@ def init_of(grid: Grid, out: Path) -> str | None:
 
 
 def train_argv(cfg: TrainConfig) -> list[str]:
-    """The `robustfer train` arguments that rebuild `cfg` (options at their defaults are left out)."""
+    """The `robustfer train` arguments that rebuild `cfg` (options at their defaults are left out); for a
+    label-free stage (PretrainConfig) the `robustfer pretrain` ones."""
+    if not isinstance(cfg, TrainConfig):
+        from robustfer.pretrain.runner import pretrain_argv
+
+        return pretrain_argv(cfg)
     defaults = TrainConfig(dataset="", root="", out="")
     argv = ["train"]
     for f in fields(TrainConfig):

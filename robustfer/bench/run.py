@@ -178,7 +178,7 @@ def check_disjoint(init: str | None, cells: list[Cell], out: Path) -> str:
     seen = set(listing.read_text().splitlines())
     checked: set = set()
     for cell in cells:
-        cfg = resolved({k: v for k, v in cell.options.items() if k != "method"}, cell.method)
+        cfg = resolved({k: v for k, v in cell.options.items() if k != "method"}, cell.options["method"])
         key = (cfg.dataset, cfg.root, cfg.train_split, cfg.eval_split, cfg.select_split, cfg.offset, cfg.limit,
                cfg.imbalance, cfg.holdout, cfg.seed if (cfg.imbalance or cfg.select_split == "holdout") else None)
         if key in checked:

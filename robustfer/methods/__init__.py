@@ -5,14 +5,18 @@ from robustfer.errors import RobustferError
 from robustfer.methods.base import Batch, Method, State, ViewSpec
 from robustfer.methods.ce import CE
 from robustfer.methods.dnfer import DNFER
+from robustfer.methods.ldl import LDL
 from robustfer.methods.ncctfer import NCCTFER
 from robustfer.methods.nla import NLA
+from robustfer.methods.pll import PLL
 
 METHODS: dict[str, type[Method]] = {
     "ce": CE,
     "dnfer": DNFER,
+    "ldl": LDL,
     "ncctfer": NCCTFER,
     "nla": NLA,
+    "pll": PLL,
 }
 
 

@@ -43,6 +43,7 @@ class State:
     step: int = 0
     num_train: int = 0
     num_classes: int = 0
+    label_mode: str = "majority"  # the training data's label mode (FERPlus --label-mode; else majority)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -82,6 +83,9 @@ class Method:
     def loss(self, model: nn.Module, batch: Batch, state: State) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar loss and per-sample statistics (e.g. 'flagged_noisy': bool N) for the trainer to score."""
         raise NotImplementedError
+
+    def after_step(self, model: nn.Module, batch: Batch, state: State) -> None:
+        """Hook after each optimiser step, with the updated model (e.g. per-sample target updates)."""
 
     def on_epoch_end(self, state: State) -> None:
         """Hook after each epoch (target updates, relabelling)."""

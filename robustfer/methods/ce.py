@@ -4,6 +4,8 @@ Official recipe: flip-or-noise augmentation + RandomErasing, Adam 2e-4, weight d
 batch 64, 60 epochs. With FERPlus's non-majority label modes the target follows microsoft/FERPlus's
 `cost_func`: soft-target CE for `crossentropy`, a one-hot drawn from the vote distribution every batch
 for `probability`, and -log max_k(t_k p_k) for `multi_target` (t = (1-0.001)·[votes>0] + 0.001).
+The mode is the training data's (`state.label_mode`, from `--label-mode`) unless the `label_mode`
+option overrides it (`--method-opt label_mode=crossentropy`).
 """
 from __future__ import annotations
 
@@ -21,30 +23,31 @@ class CE(Method):
     recipe = {"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-4, "schedule": "exp", "gamma": 0.9,
               "batch_size": 64, "epochs": 60, "norm": "imagenet", "drop_last": False}
 
-    def __init__(self, label_smoothing: float = 0.0, label_mode: str = "majority", **options):
+    def __init__(self, label_smoothing: float = 0.0, label_mode: str | None = None, **options):
         super().__init__(**options)
         self.label_smoothing = float(label_smoothing)
         self.label_mode = label_mode
 
     def make_views(self, x, g, spec: ViewSpec):
         if spec.recipe != "official":
-            return super().make_views(x, g, spec)
+            return Method.make_views(self, x, g, spec)  # explicit, so other methods may borrow CE's views
         f = A.flip_or_noise(A.to_float(x, spec.channels), g)
         f = A.normalize(A.resize(f, spec.size), spec.norm)
         return {"weak": A.random_erasing(f, g, p=0.5, scale=(0.02, 0.25))}
 
     def loss(self, model, batch: Batch, state: State):
         logits = model(batch.views["weak"])
-        if self.label_mode == "majority" or batch.soft is None:
+        mode = self.label_mode or state.label_mode
+        if mode == "majority" or batch.soft is None:
             return F.cross_entropy(logits, batch.labels, label_smoothing=self.label_smoothing), {}
         t = batch.soft
-        if self.label_mode == "probability":
+        if mode == "probability":
             pick = torch.multinomial(t.float(), 1, generator=batch.generator).squeeze(1)
             return F.cross_entropy(logits, pick, label_smoothing=self.label_smoothing), {}
-        if self.label_mode == "crossentropy":
+        if mode == "crossentropy":
             return F.cross_entropy(logits, t), {}
-        if self.label_mode == "multi_target":
+        if mode == "multi_target":
             t = (1 - 1e-3) * (t > 0).float() + 1e-3
             p = logits.float().softmax(1)
             return -torch.log((t * p).amax(1).clamp_min(1e-12)).mean(), {}
-        raise ValueError(f"unknown label mode {self.label_mode!r}")
+        raise ValueError(f"unknown label mode {mode!r}")

@@ -22,6 +22,7 @@ from robustfer import augment as A
 from robustfer import randaugment as RA
 from robustfer.errors import RobustferError
 from robustfer.methods.base import Batch, Method, State, ViewSpec
+from robustfer.models import make_head
 
 CLAMP = (0.35, 0.65)   # hard-coded in Sai_weighted_CCE_ (eps=0.35); the `--eps` argument is unused
 TOLERANCE = 1e-6       # ties (all p~_c clamped at 0.35) count as confident, independent of float rounding
@@ -29,13 +30,15 @@ TOLERANCE = 1e-6       # ties (all p~_c clamped at 0.35) count as confident, ind
 
 class NCCTFERNet(nn.Module):
     """Encoder + positive head `fc` (forward = test-time logits) + negative head `neg`, both
-    Linear(feature -> C) on the same, not detached, feature (official `positive/negative_classifier`)."""
+    Linear(feature -> C) on the same, not detached, feature (official `positive/negative_classifier`);
+    `models.make_head` builds them, so a token backbone (vit_lq) gets two label-query heads. (Their
+    uniformity regularisers are added by the trainer even in warm-up, so h_n's label embeddings then move.)"""
 
     def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
         self.backbone = backbone
-        self.fc = nn.Linear(backbone.feature_dim, num_classes)
-        self.neg = nn.Linear(backbone.feature_dim, num_classes)
+        self.fc = make_head(backbone, num_classes)
+        self.neg = make_head(backbone, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.backbone(x))

@@ -1,19 +1,24 @@
 """Model registry (timm-style): `create_model(name, num_classes)` and `create_backbone(name)`.
 
-A backbone maps images N x C x H x W to a conv map (`forward_map`) and a pooled feature
-(`forward`, N x feature_dim). Methods put their own heads on it (see methods/base.py).
+A backbone maps images N x C x H x W to what its heads take (`forward`): the pooled feature, N x
+feature_dim, for the CNNs and `vit_s` (which also give a conv map, `forward_map`, or tokens); the patch
+tokens, N x L x D, for a backbone with `head_input = "tokens"` (`vit_lq`). Methods put their heads on it
+with `make_head(backbone, C)`, so every method works with every backbone (see methods/base.py).
+Regularisers a network carries are its modules' `extra_loss()`; the trainer adds `extra_loss(model)`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from robustfer.errors import RobustferError
 from robustfer.models.checkpoint import load_init
 from robustfer.models.compact import STEM_CONFIG, STEM_W75_CONFIG, CompactCNN
 from robustfer.models.resnet import ResNetBackbone
+from robustfer.models.vit import ViT
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ MODELS: dict[str, ModelEntry] = {
     "compact_s40": ModelEntry(lambda in_chans=1: CompactCNN(in_chans, STEM_CONFIG, stem_stride=2), 40, 1, 17),
     # compact_s at 0.75x the widths: the best measured within 15 minutes (83.87% FERPlus test, 17 epochs)
     "compact_s_w75": ModelEntry(lambda in_chans=1: CompactCNN(in_chans, STEM_W75_CONFIG, stem_stride=2), 48, 1, 17),
+    # timm ViT, 48 px, patch 6 (64 tokens), dim 128, depth 6, 4 heads (models/vit.py): mean-pooled tokens + Linear;
+    # trains at ~0.55x compact_s's img/s, so 8 epochs ~ compact_s's 15 in wall time
+    "vit_s": ModelEntry(lambda in_chans=1, **kw: ViT(in_chans, **kw), 48, 1, 8),
+    # the same encoder + the label-query decoder on its tokens and the uniformity regulariser (methods.md §5)
+    "vit_lq": ModelEntry(lambda in_chans=1, **kw: ViT(in_chans, head="label_query", **kw), 48, 1, 8),
     "resnet18": ModelEntry(lambda in_chans=3: ResNetBackbone("resnet18", in_chans), 224, 3),
     "resnet50": ModelEntry(lambda in_chans=3: ResNetBackbone("resnet50", in_chans), 224, 3),
 }
@@ -55,27 +65,44 @@ def model_defaults(name: str) -> tuple[int, int]:
     return e.size, e.chans
 
 
-def create_backbone(name: str, in_chans: int | None = None) -> nn.Module:
-    """A feature extractor with `feature_dim`, `forward_map(x)` and `forward(x)` (pooled)."""
+def create_backbone(name: str, in_chans: int | None = None, **options) -> nn.Module:
+    """A feature extractor with `feature_dim` and `forward(x)` (the heads' input); `options` go to the
+    constructor (e.g. `uniform_weight`, `patch_size` of the ViTs)."""
     e = model_entry(name)
-    return e.ctor(in_chans or e.chans)
+    return e.ctor(in_chans or e.chans, **options)
+
+
+def make_head(backbone: nn.Module, num_classes: int) -> nn.Module:
+    """A classification head on `backbone`'s output: nn.Linear(feature_dim, C) on the pooled feature, or
+    the backbone's own token head (`backbone.make_head(C)`) where `backbone.head_input == "tokens"`."""
+    if getattr(backbone, "head_input", "pooled") == "tokens":
+        return backbone.make_head(num_classes)
+    return nn.Linear(backbone.feature_dim, num_classes)
+
+
+def extra_loss(model: nn.Module) -> torch.Tensor | float:
+    """Sum of `extra_loss()` over the modules of `model` that define it (regularisers a network carries,
+    e.g. vit_lq's label-embedding uniformity); 0 when none does."""
+    return sum(m.extra_loss() for m in model.modules() if callable(getattr(m, "extra_loss", None)))
 
 
 class Classifier(nn.Module):
-    """Backbone + one linear head: the plain single-head network most methods use."""
+    """Backbone + one head (`make_head`: linear on the pooled feature by default): the plain single-head
+    network most methods use."""
 
     def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
         self.backbone = backbone
-        self.fc = nn.Linear(backbone.feature_dim, num_classes)
+        self.fc = make_head(backbone, num_classes)
 
     def forward(self, x):
         return self.fc(self.backbone(x))
 
 
-def create_model(name: str, num_classes: int, in_chans: int | None = None) -> Classifier:
-    """Backbone `name` with a linear classifier for `num_classes` classes."""
-    return Classifier(create_backbone(name, in_chans), num_classes)
+def create_model(name: str, num_classes: int, in_chans: int | None = None, **options) -> Classifier:
+    """Backbone `name` with its classifier head for `num_classes` classes."""
+    return Classifier(create_backbone(name, in_chans, **options), num_classes)
 
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "Classifier", "ModelEntry", "model_entry", "create_backbone", "create_model", "load_init", "model_defaults"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "Classifier", "ModelEntry", "model_entry", "create_backbone", "create_model",
+           "extra_loss", "load_init", "make_head", "model_defaults"]

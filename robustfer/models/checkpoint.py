@@ -1,8 +1,9 @@
 """Loading a user's pretrained weights (`--init`) into a backbone.
 
 Accepts a plain state_dict, a dict holding it under `state_dict` / `model` (the face-pretrained
-ResNet-18 files the FER papers use keep it under `state_dict` with `module.` prefixes), and a robustfer
-checkpoint. Keys of a classifier (`fc.*`) that do not fit are skipped and reported; any other missing,
+ResNet-18 files the FER papers use keep it under `state_dict` with `module.` prefixes), a robustfer
+checkpoint (a `pretrain` run's last.pt keeps the bare backbone under `model`), or a run folder (its
+last.pt). Keys of a classifier (`fc.*`) that do not fit are skipped and reported; any other missing,
 unexpected or mis-shaped key is an error naming the checkpoint.
 """
 from __future__ import annotations
@@ -29,8 +30,10 @@ def _state_dict_of(obj) -> dict:
 def load_init(backbone: nn.Module, path: str | Path) -> list[str]:
     """Copy weights from checkpoint `path` into `backbone`; return the skipped head keys."""
     path = Path(path)
+    if path.is_dir() and (path / "last.pt").is_file():  # a run folder (`robustfer pretrain` or `train`)
+        path = path / "last.pt"
     if not path.is_file():
-        raise RobustferError(f"--init checkpoint {path} does not exist: pass the path of a .pth/.pt file")
+        raise RobustferError(f"--init checkpoint {path} does not exist: pass the path of a .pth/.pt file or a run folder")
     try:
         sd = _state_dict_of(torch.load(path, map_location="cpu", weights_only=False))
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message

@@ -41,6 +41,9 @@ def load_trained(path: Path, device: str = "cpu"):
     from robustfer.models import create_backbone
 
     ck = load_checkpoint(path)
+    if ck.get("kind") == "pretrain":
+        raise RobustferError(f"{path} is a label-free pre-training checkpoint (a backbone, no classifier): "
+                             f"train from it with `robustfer train --init {path}`")
     cfg = ck["config"]
     method = create_method(cfg["method"], **cfg.get("method_options", {}))
     spec = ck["spec"]

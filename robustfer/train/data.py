@@ -28,10 +28,14 @@ def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData,
     draws its long-tailed subset from those images by CLEAN label, so noise and imbalance combine as in
     the NLA paper's setting and --limit never changes the realised factor."""
     kw = {"cache_dir": Path(cfg.cache_dir) if cfg.cache_dir else None}
+    # evaluation and selection always on FERPlus's majority-rule images and labels, whatever the training
+    # label mode: the other modes keep other images (e.g. crossentropy 3,507 test images instead of 3,137), so
+    # rows of one table would otherwise be scored on different test sets
+    ekw = dict(kw)
     if cfg.dataset == "ferplus":
         kw["label_mode"] = cfg.label_mode
     train = load_dataset(cfg.dataset, cfg.root, cfg.train_split, **kw)
-    evald = load_dataset(cfg.dataset, cfg.root, cfg.eval_split, **kw)
+    evald = load_dataset(cfg.dataset, cfg.root, cfg.eval_split, **ekw)
     if cfg.noise_file:
         train = read_noise_csv(cfg.noise_file, train)
     elif cfg.noise:
@@ -54,7 +58,7 @@ def load_splits(cfg: TrainConfig, channels: int | None = None) -> tuple[FERData,
         select = train.subset(hold)
         train = train.subset(np.setdiff1d(np.arange(len(train)), hold))
     elif cfg.select_split not in (None, "test", cfg.eval_split):
-        select = load_dataset(cfg.dataset, cfg.root, cfg.select_split, **kw)
+        select = load_dataset(cfg.dataset, cfg.root, cfg.select_split, **ekw)
     if cfg.eval_limit:
         evald = evald.subset(np.arange(min(cfg.eval_limit, len(evald))))
         if select is not None:

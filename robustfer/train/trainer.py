@@ -16,7 +16,7 @@ from robustfer.data.noise import write_noise_csv
 from robustfer.errors import RobustferError
 from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detection
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method
-from robustfer.models import create_backbone, load_init, model_defaults
+from robustfer.models import create_backbone, extra_loss, load_init, model_defaults
 from robustfer.models.predict import predict_logits
 from robustfer.train.checkpoint import load_checkpoint, save_atomic
 from robustfer.train.config import TrainConfig, resolve
@@ -90,10 +90,7 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, quiet: bool = False):
         self.quiet = quiet
-        method_opts = dict(cfg.method_options)
-        if cfg.dataset == "ferplus" and cfg.method == "ce":
-            method_opts.setdefault("label_mode", cfg.label_mode)
-        self.method: Method = create_method(cfg.method, **method_opts)
+        self.method: Method = create_method(cfg.method, **dict(cfg.method_options))
         self.cfg = cfg = resolve(cfg, self.method.recipe, self.method.cpu_recipe_ok)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -112,6 +109,7 @@ class Run:
         self.images = torch.from_numpy(np.array(self.train_data.images)).to(dev)
         self.labels = torch.from_numpy(self.train_data.labels).to(dev)
         self.soft = None if self.train_data.soft is None else torch.from_numpy(self.train_data.soft).to(dev)
+        self.votes = None if self.train_data.votes is None else torch.from_numpy(self.train_data.votes).to(dev)
         self.eval_images = torch.from_numpy(np.array(self.eval_data.images)).to(dev)
         self.select_images = None if self.select_data is None else torch.from_numpy(np.array(self.select_data.images)).to(dev)
 
@@ -130,7 +128,8 @@ class Run:
         self.steps_per_epoch = n // bs if cfg.drop_last else math.ceil(n / bs)
         self.sched, self.sched_unit = make_schedule(cfg, self.opt, self.steps_per_epoch)
         self.g = torch.Generator(device=dev).manual_seed(cfg.seed)
-        self.state = State(epoch=0, epochs=cfg.epochs, num_train=n, num_classes=self.train_data.num_classes)
+        self.state = State(epoch=0, epochs=cfg.epochs, num_train=n, num_classes=self.train_data.num_classes,
+                           label_mode=self.train_data.extra.get("label_mode", "majority"))
         self.history: list[dict] = []
         self.wall_before = 0.0
 
@@ -172,9 +171,11 @@ class Run:
             views = self.method.make_views(self.images[idx], self.g, self.spec)
             views = {k: v.contiguous(memory_format=torch.channels_last) for k, v in views.items()}
             batch = Batch(views=views, labels=self.labels[idx], index=idx,
-                          soft=None if self.soft is None else self.soft[idx], generator=self.g)
+                          soft=None if self.soft is None else self.soft[idx],
+                          votes=None if self.votes is None else self.votes[idx], generator=self.g)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 loss, stats = self.method.loss(self.model, batch, st)
+                loss = loss + extra_loss(self.model)  # regularisers the network carries (modules' extra_loss())
             if not torch.isfinite(loss):
                 raise RobustferError(
                     f"loss became {loss.item()} at epoch {st.epoch} step {b} ({cfg.method}, lr {cfg.lr}): lower --lr "
@@ -182,6 +183,8 @@ class Run:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                self.method.after_step(self.model, batch, st)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             if self.sched_unit == "batch":
@@ -233,16 +236,23 @@ class Run:
         logits = predict_logits(self.test_model, images, self.spec.size, self.spec.channels, self.spec.norm,
                                 precision=self.precision)
         scores = logits.cpu().numpy()
-        return evaluate_predictions(scores.argmax(1), data.labels, data.classes, scores)
+        # vote_kl, top_vote_prob, plausible_accuracy (T = 2) on softmax(logits) where the split has votes
+        return evaluate_predictions(scores.argmax(1), data.labels, data.classes, scores, votes=data.votes)
 
     def evaluate_row(self) -> dict:
-        """The per-epoch figures: test, and `select_*` on the selection split (= test's when selecting on test)."""
+        """The per-epoch figures: test, and `select_*` on the selection split (= test's when selecting on test);
+        the vote figures (VOTE_KEYS) too where the split has annotator votes."""
         ev = self.evaluate()
         row = {k: ev[k] for k in ("accuracy", "mean_class_accuracy", "top2_accuracy", "per_class_recall")}
+        row.update({k: ev[k] for k in VOTE_KEYS if k in ev})
         sel = ev if self.select_data is None else self.evaluate(select=True)
         row.update(select_accuracy=sel["accuracy"], select_mean_class_accuracy=sel["mean_class_accuracy"])
+        row.update({f"select_{k}": sel[k] for k in VOTE_KEYS if k in sel})
         return row
 
+
+# The vote-aware figures (evaluate.vote_metrics) logged per evaluated epoch where the split has votes.
+VOTE_KEYS = ("vote_kl", "top_vote_prob", "plausible_accuracy")
 
 # Options that may differ between a run and its continuation without changing its results' meaning.
 RESUMABLE_ANYWHERE = {"out", "threads", "cache_dir", "device"}
@@ -364,14 +374,16 @@ def selection_score(row: dict, key: str = "accuracy") -> float:
 def summarize(history: list[dict], wall: float, selected_on: str | None = "test") -> dict:
     """summary.json: last, best and last5 (EAC's mean of the last 5 evaluated epochs) blocks. `best` (and
     `best_mean_class`) is the epoch of the best selection-split accuracy (mean-class accuracy), with the
-    test figures at that epoch; `selected_on` names the selection split."""
+    test figures at that epoch; `selected_on` names the selection split. The vote figures (VOTE_KEYS, and
+    their select_* twins) join each block where the rows have them, and last5 where all 5 rows do."""
     evaluated = [h for h in history if "accuracy" in h]  # --eval-every: epochs without evaluation
     if not evaluated:
         return {}
 
     def pick(h: dict) -> dict:
         return {"epoch": h["epoch"], "accuracy": h["accuracy"], "mean_class_accuracy": h["mean_class_accuracy"],
-                **{k: h[k] for k in ("select_accuracy", "select_mean_class_accuracy") if k in h}}
+                **{k: h[k] for k in ("select_accuracy", "select_mean_class_accuracy") if k in h},
+                **{k: h[k] for k in VOTE_KEYS + tuple(f"select_{v}" for v in VOTE_KEYS) if k in h}}
 
     best = max(evaluated, key=selection_score)
     best_mca = max(evaluated, key=lambda h: selection_score(h, "mean_class_accuracy"))
@@ -379,7 +391,8 @@ def summarize(history: list[dict], wall: float, selected_on: str | None = "test"
     return {
         "last": pick(evaluated[-1]), "best": pick(best), "best_mean_class": pick(best_mca), "selected_on": selected_on,
         "last5": {"accuracy": float(np.mean([h["accuracy"] for h in tail])),
-                  "mean_class_accuracy": float(np.mean([h["mean_class_accuracy"] for h in tail]))},
+                  "mean_class_accuracy": float(np.mean([h["mean_class_accuracy"] for h in tail])),
+                  **{k: float(np.mean([h[k] for h in tail])) for k in VOTE_KEYS if all(k in h for h in tail)}},
         "epochs": len(history), "wall_s": wall,
         "images_per_s": float(np.mean([h["images_per_s"] for h in history])),
     }

@@ -86,3 +86,21 @@ def test_cell_argv_rebuilds_the_same_config(tmp_path):
         args = build_parser().parse_args(shlex.split(shlex.join(argv)))
         assert config_from_args(args) == cfg, cell.name
         assert args.auto_resume
+
+
+def test_variants_are_rows_of_their_own_with_their_method_and_options():
+    grid = make_grid({"methods": ["ce", "ce_prob", "pll_t1", "pll"], "noise": [0], "seeds": [1],
+                      "train": {**BASE, "recipe": "cpu"},
+                      "variant": {"ce_prob": {"method": "ce", "label_mode": "probability"},
+                                  "pll_t1": {"method": "pll", "method_options": {"min_votes": 1}}}})
+    by = {c.name: c for c in expand(grid)}
+    assert sorted(by) == ["ce_clean_s1", "ce_prob_clean_s1", "pll_clean_s1", "pll_t1_clean_s1"]  # CE's recipe: no control
+    assert by["ce_prob_clean_s1"].method == "ce_prob" and by["ce_prob_clean_s1"].options["method"] == "ce"
+    assert by["ce_prob_clean_s1"].options["label_mode"] == "probability"
+    assert "label_mode" not in by["ce_clean_s1"].options
+    assert by["pll_t1_clean_s1"].options["method_options"] == {"min_votes": 1}
+    assert by["pll_t1_clean_s1"].options["method"] == "pll" and "method_options" not in by["pll_clean_s1"].options
+    assert "--label-mode" in train_argv(by["ce_prob_clean_s1"].config(__import__("pathlib").Path("o")))
+    for bad in ({"ce": {"method": "ce"}}, {"x": {"method": "nope"}}, {"x": {"method": "ce", "bogus": 1}}):
+        with pytest.raises(RobustferError, match="variant"):
+            make_grid({"methods": ["ce"], "train": dict(BASE), "variant": bad})

@@ -42,3 +42,13 @@ def test_imbalance_draws_its_long_tailed_subset_from_the_offset_limit_images(fer
     counts = np.bincount(lt.clean_labels, minlength=lt.num_classes)
     counts = counts[counts > 0]
     assert counts.max() == 4 * counts.min()
+
+
+def test_every_label_mode_is_evaluated_on_the_majority_rule_test_and_valid_images(ferplus_root, tmp_path):
+    """Training label modes keep different images; evaluation and selection never change with them."""
+    base = dict(dataset="ferplus", root=str(ferplus_root), out=str(tmp_path), select_split="valid")
+    tr_m, sel_m, ev_m = load_splits(TrainConfig(**base))
+    tr_c, sel_c, ev_c = load_splits(TrainConfig(**base, label_mode="crossentropy"))
+    assert len(tr_c) != len(tr_m)  # the training sets do differ
+    assert ev_c.files == ev_m.files and np.array_equal(ev_c.labels, ev_m.labels) and len(ev_m) == 3137
+    assert sel_c.files == sel_m.files and np.array_equal(sel_c.labels, sel_m.labels)
