@@ -23,9 +23,9 @@ from robustfer.errors import RobustferError
 from robustfer.methods.base import ViewSpec
 from robustfer.models import DEFAULT_MODEL, create_backbone, model_defaults, model_entry
 from robustfer.pretrain import create_objective, objective_class
-from robustfer.train.checkpoint import load_checkpoint, save_atomic
+from robustfer.train.checkpoint import save_atomic
 from robustfer.train.progress import EpochProgress
-from robustfer.train.trainer import _truncate_metrics, check_same_settings, resolve_device, resolve_precision
+from robustfer.train.trainer import _truncate_metrics, open_run_folder, resolve_device, resolve_precision
 
 DEFAULT_MODELS = {"mae": "vit_s"}  # else the default CNN
 OBJECTIVE_OPTIONS = ("mask_ratio", "decoder_depth", "decoder_dim", "decoder_heads", "proj_dim", "pred_dim")
@@ -215,18 +215,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, sto
     """Pre-train (or continue) the run in cfg.out; returns summary.json's content (empty if unfinished).
     `auto_resume` and `stop_after` as for train()."""
     out = Path(cfg.out)
-    if auto_resume and (out / "config.json").exists() and (out / "last.pt").exists():
-        check_same_settings(cfg, out / "config.json")
-        if (out / "summary.json").exists():
-            return json.loads((out / "summary.json").read_text())
-        resume = True
-    if resume:
-        cfg = PretrainConfig.load(out / "config.json")
-        ck = load_checkpoint(out / "last.pt")
-        if ck.get("kind") != "pretrain":
-            raise RobustferError(f"{out / 'last.pt'} was written by `robustfer train`, not `pretrain`: continue it with train --resume")
-    elif (out / "last.pt").exists():
-        raise RobustferError(f"{out} already holds a run (last.pt): continue it with --resume or choose another --out")
+    cfg, ck, finished = open_run_folder(out, cfg, PretrainConfig, resume, auto_resume)
+    if finished is not None:
+        return finished
+    resume = ck is not None
+    if resume and ck.get("kind") != "pretrain":
+        raise RobustferError(f"{out / 'last.pt'} was written by `robustfer train`, not `pretrain`: continue it with train --resume")
     run = PretrainRun(cfg)
     cfg = run.cfg
     out.mkdir(parents=True, exist_ok=True)

@@ -270,6 +270,23 @@ def check_same_settings(cfg: TrainConfig, saved_path: Path) -> None:
                              "choose another --out, or drop --auto-resume to see the run as it is")
 
 
+def open_run_folder(out: Path, cfg, config_cls, resume: bool, auto_resume: bool):
+    """(config, checkpoint to continue from or None, summary of a finished run or None) for a run folder,
+    shared by train and pretrain. `auto_resume`: a finished run with the same settings is returned, an
+    interrupted one continued, one with other settings refused; `resume`: continue with the saved config;
+    otherwise a folder that already holds a run is refused."""
+    if auto_resume and (out / "config.json").exists() and (out / "last.pt").exists():
+        check_same_settings(cfg, out / "config.json")
+        if (out / "summary.json").exists():
+            return cfg, None, json.loads((out / "summary.json").read_text())
+        resume = True
+    if resume:
+        return config_cls.load(out / "config.json"), load_checkpoint(out / "last.pt"), None
+    if (out / "last.pt").exists():
+        raise RobustferError(f"{out} already holds a run (last.pt): continue it with --resume or choose another --out")
+    return cfg, None, None
+
+
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after: int | None = None,
           auto_resume: bool = False) -> dict:
     """Train (or continue) the run in cfg.out; returns summary.json's content.
@@ -278,16 +295,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     as it is, an interrupted one continued, anything else started. `stop_after` ends the call after that
     many epochs in total, as a kill at an epoch boundary would (used by the resume tests)."""
     out = Path(cfg.out)
-    if auto_resume and (out / "config.json").exists() and (out / "last.pt").exists():
-        check_same_settings(cfg, out / "config.json")
-        if (out / "summary.json").exists():
-            return json.loads((out / "summary.json").read_text())
-        resume = True
-    if resume:
-        cfg = TrainConfig.load(out / "config.json")
-        ck = load_checkpoint(out / "last.pt")
-    elif (out / "last.pt").exists():
-        raise RobustferError(f"{out} already holds a run (last.pt): continue it with --resume or choose another --out")
+    cfg, ck, finished = open_run_folder(out, cfg, TrainConfig, resume, auto_resume)
+    if finished is not None:
+        return finished
+    resume = ck is not None
     run = Run(cfg, quiet=quiet)
     cfg = run.cfg
     out.mkdir(parents=True, exist_ok=True)
