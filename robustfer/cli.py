@@ -162,6 +162,28 @@ def cmd_eval(args) -> None:
                   f"(predicted class got >= {r['plausible_min_votes']} votes)")
 
 
+def cmd_export(args) -> None:
+    from robustfer.infer.export import export_onnx
+
+    kw = {"cache_dir": args.cache_dir}
+    if args.dataset == "ferplus":
+        kw["label_mode"] = args.label_mode
+    r = export_onnx(args.checkpoint, args.out, args.format, opset=args.opset, int8=args.int8, int8_mode=args.int8_mode,
+                    batch=args.batch, calib=args.calib, tolerance=args.tolerance, dataset=args.dataset, root=args.root, **kw)
+    c, h, w = r.input_shape
+    print(f"wrote {r.out} from {r.checkpoint} (opset {r.opset}, {r.out.stat().st_size / 2**20:.1f} MB): input float32 "
+          f"N x {c} x {h} x {w}, normalised (preprocessing in the file's metadata); output logits for {len(r.classes)} "
+          f"classes: {', '.join(r.classes)}")
+    print(f"check on {r.check_on}: max |logits onnxruntime - PyTorch| = {r.max_abs_diff:.2e} (tolerance {r.tolerance:g}); "
+          f"argmax agreement {r.argmax_agreement:.1%}; OnnxClassifier (numpy preprocessing from the metadata) "
+          f"probabilities within {r.max_prob_diff:.2e}")
+    if r.int8:
+        q = r.int8
+        print(f"wrote {q['out']} ({q['mode']} int8{', calibrated on ' + q['calibration'] if q['calibration'] else ''}; "
+              f"{q['size_mb']:.1f} MB vs {q['fp32_size_mb']:.1f}): on the check batch max |logits int8 - fp32| = "
+              f"{q['max_abs_diff']:.3f}, argmax agreement {q['argmax_agreement']:.1%}")
+
+
 def _train_options(s: argparse.ArgumentParser) -> None:
     """The options `train` and `bench` share (bench passes them to every cell)."""
     from robustfer.models import DEFAULT_MODEL, MODELS
@@ -369,6 +391,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plausible accuracy's T: the predicted class needs at least T votes (data sets with votes; default 2)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("export", help="the test-time network as an ONNX file (dynamic batch, classes and "
+                       "preprocessing in its metadata); checks onnxruntime against PyTorch")
+    s.add_argument("--checkpoint", required=True, help="a .pt file, or a run folder (its best.pt, else last.pt)")
+    s.add_argument("--format", default="onnx", help="onnx (the only one)")
+    s.add_argument("--out", required=True, help="F.onnx; --int8 also writes F.int8.onnx")
+    s.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 20 with torch 2.14)")
+    s.add_argument("--int8", action="store_true", help="also write F.int8.onnx, quantised by onnxruntime")
+    s.add_argument("--int8-mode", default="static", choices=("static", "dynamic"),
+                   help="static (default): int8 convolutions, calibrated on --calib training images of --dataset/--root "
+                        "(random smooth images without them); dynamic: no calibration, int8 MatMul only, slower "
+                        "than fp32 for CNNs")
+    s.add_argument("--calib", type=int, default=256, help="calibration images for --int8-mode static (default 256)")
+    s.add_argument("--batch", type=int, default=8, help="images in the onnxruntime-vs-PyTorch check (default 8)")
+    s.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed max abs logit difference (default 1e-3)")
+    _data_args(s, dataset_required=False)
+    s.set_defaults(func=cmd_export)
     return p
 
 
