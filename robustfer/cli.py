@@ -162,6 +162,62 @@ def cmd_eval(args) -> None:
                   f"(predicted class got >= {r['plausible_min_votes']} votes)")
 
 
+def cmd_audit(args) -> None:
+    from robustfer.infer.audit import audit, noise_scores
+
+    sheet = False if args.sheet == "none" else args.sheet
+    rows = audit(args.dataset, args.root, args.out, checkpoint=args.checkpoint, folds=args.folds, epochs=args.epochs,
+                 noise=args.noise, limit=args.limit, sheet=sheet, top=args.top, seed=args.seed, device=args.device,
+                 threads=args.threads, cache_dir=args.cache_dir, label_mode=args.label_mode, quiet=args.quiet)
+    source = f"checkpoint {args.checkpoint}" if args.checkpoint else f"{args.folds}-fold cross-fitted CE ({args.epochs} epochs)"
+    n_issue = sum(r["issue"] for r in rows)
+    print(f"wrote {args.out}: {len(rows)} training images ranked ({source}); cleanlab flags {n_issue} "
+          f"({n_issue / max(len(rows), 1):.1%}) as label issues, listed first")
+    if sheet is not False:
+        print(f"wrote {args.sheet or Path(args.out).with_suffix('.png')}: the top {min(args.top, len(rows))} suspects")
+    s = noise_scores(rows)
+    if s is not None:
+        print(f"against the true flips ({s['flipped']} of {s['images']}, {s['noise_rate']:.1%}): top 10% "
+              f"({s['top_k']} images) precision {s['top_precision']:.3f} recall {s['top_recall']:.3f}; cleanlab's "
+              f"{s['cleanlab_flagged']} flagged: precision {s['cleanlab_precision']:.3f} recall {s['cleanlab_recall']:.3f}")
+
+
+def cmd_predict(args) -> int:
+    from robustfer.infer.predict import run_predict
+
+    return run_predict(args.inputs, checkpoint=args.checkpoint, onnx=args.onnx, out=args.out, as_json=args.json,
+                       detector=args.detector, no_detect=args.no_detect, every=args.every, smooth=args.smooth,
+                       batch=args.batch, device=args.device, quiet=args.quiet)
+
+
+def _predict_parser(sub) -> None:
+    from robustfer.infer.detect import DEFAULT_DETECTOR, DETECTORS
+
+    s = sub.add_parser(
+        "predict", help="detect the faces in images, folders or videos and classify their expressions",
+        description="Detect faces in images, folders (searched recursively) and videos, and classify each face's "
+                    "expression. Exit status: 0 when every input was processed; 1 when any input failed (an "
+                    "unreadable or damaged image or video, a wrong file type, a missing path: one 'error:' line "
+                    "each on stderr, the other inputs are still processed); 2 for a bad model or option.")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images (recursive), video files")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", help="a train checkpoint (.pt) or run folder (its best.pt, else last.pt)")
+    g.add_argument("--onnx", help="an ONNX file from `robustfer export` (runs on onnxruntime)")
+    s.add_argument("--out", help="folder for annotated copies (images; per video: .annotated.mp4, .summary.json, "
+                                 ".timeline.png), keeping the inputs' relative folder structure")
+    s.add_argument("--json", action="store_true", help="one JSON object per face per line: source, frame (null for "
+                   "images), box [x, y, w, h], label, probs (+ score, whole, track); no face: box and label null")
+    s.add_argument("--detector", choices=list(DETECTORS), help=f"face detector (default {DEFAULT_DETECTOR})")
+    s.add_argument("--no-detect", action="store_true", help="classify each image whole (inputs that are face crops)")
+    s.add_argument("--every", type=int, default=1, help="video: classify every N-th frame (default 1)")
+    s.add_argument("--smooth", action="store_true", help="video: exponential moving average of each tracked face's "
+                   "probabilities, p = 0.5 * p_frame + 0.5 * p_previous")
+    s.add_argument("--batch", type=int, default=16, help="video: frames per classifier batch (default 16)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch checkpoints)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_predict)
+
+
 def cmd_export(args) -> None:
     from robustfer.infer.export import export_onnx
 
@@ -408,13 +464,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed max abs logit difference (default 1e-3)")
     _data_args(s, dataset_required=False)
     s.set_defaults(func=cmd_export)
+    _predict_parser(sub)
+
+    s = sub.add_parser("audit", help="rank the training images by how likely their label is wrong (cleanlab on "
+                       "out-of-sample probabilities); csv image,given_label,suggested_label,score + contact sheet")
+    _data_args(s)
+    s.add_argument("--out", required=True, help="csv, most suspicious first; cross-fitting runs go to "
+                   "OUT_audit_runs/ beside it (a rerun resumes them)")
+    s.add_argument("--checkpoint", help="a model trained on other data: predict the training images directly "
+                   "(default: K-fold cross-fitting)")
+    s.add_argument("--folds", type=int, default=3, help="K of the cross-fitting (default 3)")
+    s.add_argument("--epochs", type=int, default=5, help="epochs of each fold's CE model, compact CNN, CPU recipe "
+                   "(default 5)")
+    s.add_argument("--noise", help="synthetic noise TYPE:RATE[:SEED] on the training labels (as train's); also "
+                   "prints precision/recall of the top 10%% against the true flips")
+    s.add_argument("--limit", type=int, help="audit the first N training images")
+    s.add_argument("--sheet", help="contact-sheet PNG (default: OUT with .png; 'none' for none)")
+    s.add_argument("--top", type=int, default=48, help="suspects on the contact sheet (default 48)")
+    s.add_argument("--seed", type=int, default=1, help="folds, training and noise seed (default 1)")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--threads", type=int, help="CPU threads for torch")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=cmd_audit)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except RobustferError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -422,4 +500,4 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: a train run continues from its last finished epoch with --resume "
               "(bench: run the same command again)", file=sys.stderr)
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0
