@@ -30,7 +30,7 @@ def cleanlab_flags(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """cleanlab's default label-issue filter (prune by noise rate) on out-of-sample probabilities."""
     from cleanlab.filter import find_label_issues
 
-    return find_label_issues(labels=labels, pred_probs=probs)
+    return find_label_issues(labels=labels, pred_probs=probs, n_jobs=1)  # no forked workers (they can deadlock beside torch threads)
 
 
 def detection_rows(out: Path, cells: list[Cell], method_rows: list[dict]) -> list[dict]:

@@ -63,7 +63,8 @@ def rank(labels: np.ndarray, probs: np.ndarray, files, classes, flipped: np.ndar
     if probs.ndim != 2 or len(probs) != len(labels) or probs.shape[1] != len(classes):
         raise RobustferError(f"probabilities of shape {probs.shape} do not match {len(labels)} labels and "
                              f"{len(classes)} classes")
-    issues = find_label_issues(labels=labels, pred_probs=probs, return_indices_ranked_by="self_confidence")
+    issues = find_label_issues(labels=labels, pred_probs=probs, return_indices_ranked_by="self_confidence",
+                               n_jobs=1)  # cleanlab forks workers otherwise: a fork of a process with torch's threads can deadlock
     flagged = np.zeros(len(labels), bool)
     flagged[issues] = True
     p_given = probs[np.arange(len(labels)), labels]
