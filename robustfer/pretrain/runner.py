@@ -24,6 +24,7 @@ from robustfer.methods.base import ViewSpec
 from robustfer.models import DEFAULT_MODEL, create_backbone, model_defaults, model_entry
 from robustfer.pretrain import create_objective, objective_class
 from robustfer.train.checkpoint import save_atomic
+from robustfer.train.config import SavedConfig
 from robustfer.train.progress import EpochProgress
 from robustfer.train.trainer import _truncate_metrics, open_run_folder, resolve_device, resolve_precision
 
@@ -32,7 +33,8 @@ OBJECTIVE_OPTIONS = ("mask_ratio", "decoder_depth", "decoder_dim", "decoder_head
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(SavedConfig):
+    command = "pretrain"  # not a field (no annotation): names the command in SavedConfig's error line
     dataset: str
     root: str
     out: str
@@ -64,17 +66,6 @@ class PretrainConfig:
     offset: int | None = None          # skip the first N training images (pretrain on images a bench never uses)
     limit: int | None = None           # then use N images
 
-    def save(self, path: Path, extra: dict) -> None:
-        Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2, default=str))
-
-    @classmethod
-    def load(cls, path: Path) -> "PretrainConfig":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise RobustferError(f"cannot read {path} ({e}): --resume needs the run folder of an earlier pretrain") from None
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:

@@ -15,8 +15,31 @@ CPU_RECIPE = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5
               "batch_size": 128, "epochs": 15, "drop_last": True}
 
 
+class SavedConfig:
+    """A config dataclass saved as a run folder's config.json and read back (train and pretrain share it)."""
+
+    command = "train"  # the command whose run folders hold it, for the error line
+
+    def save(self, path: Path, extra: dict) -> None:
+        Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2, default=str))  # Paths from the Python API
+
+    @classmethod
+    def read_fields(cls, path: Path) -> dict:
+        """config.json's entries that are fields of `cls` (the resolved extras are dropped)."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RobustferError(f"cannot read {path} ({e}): --resume needs the run folder of an earlier {cls.command}") from None
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in raw.items() if k in names}
+
+    @classmethod
+    def load(cls, path: Path):
+        return cls(**cls.read_fields(path))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(SavedConfig):
     dataset: str
     root: str
     out: str
@@ -57,18 +80,11 @@ class TrainConfig:
     holdout: float = 0.1               # share of train held out for --select-split holdout
     fold: str | None = None            # I/K: train on the other folds, write fold I's probabilities (heldout.npz)
 
-    def save(self, path: Path, extra: dict) -> None:
-        Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2, default=str))  # Paths from the Python API
-
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise RobustferError(f"cannot read {path} ({e}): --resume needs the run folder of an earlier train") from None
-        names = {f.name for f in fields(cls)}
+        raw = cls.read_fields(path)
         raw.setdefault("select_split", "test")  # run folders from before validation selection chose on test
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls(**raw)
 
 
 def parse_noise(spec: str) -> tuple[str, float, int | None]:
