@@ -218,6 +218,31 @@ def _predict_parser(sub) -> None:
     s.set_defaults(func=cmd_predict)
 
 
+def cmd_serve(args) -> None:
+    from robustfer.infer.serve import run_serve
+
+    run_serve(checkpoint=args.checkpoint, onnx=args.onnx, host=args.host, port=args.port, detector=args.detector,
+              no_detect=args.no_detect)
+
+
+def _serve_parser(sub) -> None:
+    from robustfer.infer.detect import DEFAULT_DETECTOR, DETECTORS
+
+    s = sub.add_parser("serve", help="a local web page: upload a photo (or use the webcam), see each face boxed with "
+                       "its probabilities", description="Serve a local web page (Gradio) where you upload a photo or "
+                       "take one with the webcam and see every face boxed, with a probability bar chart per face. "
+                       "Nothing leaves this machine; the page listens on 127.0.0.1 unless --host says otherwise.")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", help="a train checkpoint (.pt) or run folder (default: the shipped model)")
+    g.add_argument("--onnx", help="an ONNX file from `robustfer export` (runs on onnxruntime)")
+    s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the "
+                   "local network)")
+    s.add_argument("--detector", choices=list(DETECTORS), help=f"face detector (default {DEFAULT_DETECTOR})")
+    s.add_argument("--no-detect", action="store_true", help="classify each photo whole (face crops)")
+    s.set_defaults(func=cmd_serve)
+
+
 def cmd_export(args) -> None:
     from robustfer.infer.export import export_onnx
 
@@ -465,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(s, dataset_required=False)
     s.set_defaults(func=cmd_export)
     _predict_parser(sub)
+    _serve_parser(sub)
 
     s = sub.add_parser("audit", help="rank the training images by how likely their label is wrong (cleanlab on "
                        "out-of-sample probabilities); csv image,given_label,suggested_label,score + contact sheet")
