@@ -244,11 +244,18 @@ def _serve_parser(sub) -> None:
 
 
 def cmd_export(args) -> None:
-    from robustfer.infer.export import export_onnx
+    from robustfer.infer.export import export_onnx, export_slim
 
     kw = {"cache_dir": args.cache_dir}
     if args.dataset == "ferplus":
         kw["label_mode"] = args.label_mode
+    if args.format == "pt":
+        r = export_slim(args.checkpoint, args.out, half=args.half, batch=args.batch, dataset=args.dataset,
+                        root=args.root, **kw)
+        print(f"wrote {r.out} from {r.checkpoint} ({r.size_mb:.1f} MB, {'fp16' if r.half else 'fp32'} weights); check "
+              f"on {r.check_on}: max |probabilities - the full checkpoint's| = {r.max_prob_diff:.2e}, argmax "
+              f"agreement {r.argmax_agreement:.1%}")
+        return
     r = export_onnx(args.checkpoint, args.out, args.format, opset=args.opset, int8=args.int8, int8_mode=args.int8_mode,
                     batch=args.batch, calib=args.calib, tolerance=args.tolerance, dataset=args.dataset, root=args.root, **kw)
     c, h, w = r.input_shape
@@ -476,7 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="the test-time network as an ONNX file (dynamic batch, classes and "
                        "preprocessing in its metadata); checks onnxruntime against PyTorch")
     s.add_argument("--checkpoint", required=True, help="a .pt file, or a run folder (its best.pt, else last.pt)")
-    s.add_argument("--format", default="onnx", help="onnx (the only one)")
+    s.add_argument("--format", default="onnx", choices=("onnx", "pt"), help="onnx (default): for onnxruntime; pt: a "
+                   "slim PyTorch checkpoint (weights, config, classes; no optimiser state) for --checkpoint")
+    s.add_argument("--half", action="store_true", help="--format pt: store the weights in fp16 (half the size; "
+                   "loaded back into fp32)")
     s.add_argument("--out", required=True, help="F.onnx; --int8 also writes F.int8.onnx")
     s.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 20 with torch 2.14)")
     s.add_argument("--int8", action="store_true", help="also write F.int8.onnx, quantised by onnxruntime")

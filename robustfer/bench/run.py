@@ -166,12 +166,15 @@ class LiveView:
 
 def check_disjoint(init: str | None, cells: list[Cell], out: Path) -> str:
     """Refuse a start checkpoint trained on any image a cell trains, selects or tests on (robustfer run
-    folders list their training images in train_images.txt); returns the line to print."""
+    folders list their training images in train_images.txt); returns the line to print. A label-free start
+    (`robustfer pretrain`: its config names an `objective`) never read a label, so it may have seen the cells'
+    training images, as MAE / SimSiam pre-train on the task's own images; never their selection or test ones."""
     if init is None:
         return ""
     listing = Path(init).parent / "train_images.txt"
     if not listing.exists():
         return f"note: {listing} not found; cannot check that {init} never saw the grid's images"
+    label_free = _is_label_free(Path(init).parent)
     from robustfer.train.data import load_splits
     from robustfer.bench.grid import resolved
 
@@ -185,11 +188,24 @@ def check_disjoint(init: str | None, cells: list[Cell], out: Path) -> str:
             continue
         checked.add(key)
         files = set()
-        for part in load_splits(cfg):
-            if part is not None:
+        for i, part in enumerate(load_splits(cfg)):
+            if part is not None and not (label_free and i == 0):
                 files |= set(part.files)
         overlap = seen & files
         if overlap:
-            raise RobustferError(f"{init} was trained on {len(overlap)} images that cell {cell.name} trains, selects "
-                                 f"or tests on (e.g. {sorted(overlap)[0]}): pretrain on other images (--offset)")
+            what = "selects or tests on" if label_free else "trains, selects or tests on"
+            raise RobustferError(f"{init} was trained on {len(overlap)} images that cell {cell.name} {what} "
+                                 f"(e.g. {sorted(overlap)[0]}): pretrain on other images (--offset)")
+    if label_free:
+        return (f"{init}: label-free, trained on {len(seen)} images without their labels, none of them among the "
+                "cells' selection or test images")
     return f"{init}: trained on {len(seen)} images, none of them among the cells' training, selection or test images"
+
+
+def _is_label_free(run: Path) -> bool:
+    import json
+
+    try:
+        return "objective" in json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False

@@ -1,4 +1,6 @@
-"""`robustfer export --format onnx`: the test-time network of a train checkpoint as an ONNX file.
+"""`robustfer export`: the test-time network of a train checkpoint as an ONNX file (`--format onnx`), or as a
+slim PyTorch checkpoint (`--format pt`: weights + what `load_trained` needs, no optimiser or RNG state; fp16
+weights with `--half`), the form the shipped model takes (robustfer/models/weights/).
 
 The graph is what `train.checkpoint.load_trained` gives (the EMA weights when the run kept them; a method's
 extra training heads, e.g. NCCTFER's h_n, are not reached by `forward` and so are not in it). Contract:
@@ -25,7 +27,7 @@ import robustfer
 from robustfer.errors import RobustferError
 from robustfer.infer.onnx_model import FORMAT, OnnxClassifier, softmax
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "pt")
 MIN_OPSET = 18   # torch.onnx's dynamo exporter converts from opset 18 upwards; lower requests come back as 18
 TOLERANCE = 1e-3
 
@@ -309,6 +311,48 @@ def export_onnx(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", opse
                     "argmax_agreement": float((q.argmax(1) == got.argmax(1)).mean()),
                     "size_mb": q_out.stat().st_size / 2**20, "fp32_size_mb": out.stat().st_size / 2**20}
     return rep
+
+
+@dataclass
+class SlimReport:
+    out: Path
+    checkpoint: Path
+    half: bool
+    size_mb: float
+    check_on: str
+    max_prob_diff: float      # slim vs the full checkpoint, softmax probabilities on the check batch
+    argmax_agreement: float
+
+
+def export_slim(checkpoint: str | Path, out: str | Path, half: bool = False, batch: int = 8,
+                dataset: str | None = None, root: str | None = None, **data_kw) -> SlimReport:
+    """A test-time checkpoint: the (EMA when kept) weights, config, spec and classes, fp16 with `half` (floating
+    tensors only; `load_trained` copies them back into the fp32 model). Checked against the full checkpoint on
+    `batch` images (the first test images of `dataset`/`root`, else random smooth ones); written atomically."""
+    import torch
+
+    from robustfer.train.checkpoint import load_checkpoint, load_trained, save_atomic
+
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise RobustferError(f"--out {out}: name the file F.pt")
+    if not out.parent.is_dir():
+        raise RobustferError(f"--out {out}: folder {out.parent} does not exist")
+    ckpt = resolve_checkpoint(checkpoint)
+    model, spec, classes, cfg = load_trained(ckpt)
+    src = load_checkpoint(ckpt)
+    got_data = data_images(dataset, root, "test", batch, **data_kw)
+    images, what = got_data or (random_faces(spec, batch), f"{batch} random smooth images")
+    state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+    slim = {"kind": "model", "model": state, "config": cfg, "spec": spec, "classes": list(classes),
+            "version": src.get("version", robustfer.__version__), "source": str(ckpt), "half": half,
+            "epoch": src.get("epoch")}
+    save_atomic(slim, out)
+    ref = softmax(torch_logits(model, images, spec))
+    model2, *_ = load_trained(out)
+    got = softmax(torch_logits(model2, images, spec))
+    return SlimReport(out, ckpt, half, out.stat().st_size / 2**20, what, float(np.abs(got - ref).max()),
+                      float((got.argmax(1) == ref.argmax(1)).mean()))
 
 
 def _torch_preprocessed(images: np.ndarray, spec: dict) -> np.ndarray:

@@ -36,10 +36,16 @@ SMOOTH_ALPHA = 0.5    # weight of the new frame in --smooth's exponential moving
 IOU_MATCH = 0.3       # a face continues a track when IoU with the track's last box > this
 
 
+# the model that ships inside the package (robustfer/weights/MODEL.md: the command that trained it, its figures)
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "ferplus_compact_s.pt"
+
+
 def default_checkpoint() -> Path:
-    """The model used when no checkpoint or ONNX file is given (the one place to change when a model ships)."""
-    raise RobustferError("no model ships with robustfer yet: pass --checkpoint CKPT (a train run's best.pt or run folder) "
-                         "or --onnx F.onnx (from `robustfer export`)")
+    """The model used when no checkpoint or ONNX file is given: the shipped FERPlus model."""
+    if SHIPPED_MODEL.is_file():
+        return SHIPPED_MODEL
+    raise RobustferError(f"the shipped model {SHIPPED_MODEL} is missing (a damaged install: reinstall robustfer), or "
+                         "pass --checkpoint CKPT (a train run's best.pt or run folder) or --onnx F.onnx")
 
 
 @dataclass

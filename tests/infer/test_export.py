@@ -1,6 +1,7 @@
 """`robustfer export --format onnx`: the graph equals PyTorch, has a dynamic batch and robustfer's metadata; the
 int8 copy agrees; OnnxClassifier runs it without torch; every error is one line."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 from dataclasses import asdict
@@ -219,3 +220,33 @@ def test_errors_are_one_line(compact, tmp_path, capsys, monkeypatch):
         assert "\n" not in str(info.value)
     with pytest.raises(RobustferError, match="channels"):
         OnnxClassifier(good).predict_probs(np.zeros((2, 4, 48, 48), np.uint8))
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_export_pt_is_a_slim_checkpoint_that_predicts_the_same(tmp_path, capsys, half):
+    src = make_checkpoint(tmp_path / "full.pt")
+    out = tmp_path / "slim.pt"
+    argv = ["export", "--checkpoint", str(src), "--format", "pt", "--out", str(out)] + (["--half"] if half else [])
+    assert main(argv) == 0
+    assert "argmax agreement" in capsys.readouterr().out
+    ck = torch.load(out, weights_only=False)
+    assert ck["kind"] == "model" and ck["classes"] == CLASSES and "optimizer" not in ck
+    assert {v.dtype for v in ck["model"].values() if v.is_floating_point()} == {torch.float16 if half else torch.float32}
+    full, spec, _, _ = load_trained(src)
+    slim, spec2, classes, _ = load_trained(out)
+    assert spec2 == spec and list(classes) == CLASSES
+    assert all(p.dtype == torch.float32 for p in slim.parameters())      # fp16 weights come back as fp32
+    x = torch.from_numpy(_faces(16))
+    a = predict_logits(full, x, 48, 1, "imagenet").softmax(1)
+    b = predict_logits(slim, x, 48, 1, "imagenet").softmax(1)
+    if half:
+        assert (a - b).abs().max() < 1e-2 and (a - b).abs().max() > 0        # rounded, not copied
+        assert out.stat().st_size < 0.6 * Path(src).stat().st_size
+    else:
+        assert torch.equal(a, b)
+
+
+def test_export_pt_bad_out_name(tmp_path, capsys):
+    ck = make_checkpoint(tmp_path / "full.pt")
+    assert "name the file F.pt" in _err(capsys, ["export", "--checkpoint", str(ck), "--format", "pt",
+                                                  "--out", str(tmp_path / "x.onnx")])
