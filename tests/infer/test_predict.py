@@ -34,8 +34,11 @@ def test_predictor_api_finds_the_pasted_faces(model, photo):
     assert [f.box for f in p.predict(path)] == [f.box for f in faces]   # a path gives the same
 
 
-def test_no_checkpoint_is_one_clear_error():
-    with pytest.raises(RobustferError, match="--checkpoint"):
+def test_a_missing_shipped_model_is_one_clear_error(monkeypatch, tmp_path):
+    from robustfer.infer import predict as P
+
+    monkeypatch.setattr(P, "SHIPPED_MODEL", tmp_path / "gone.pt")
+    with pytest.raises(RobustferError, match="reinstall robustfer.*--checkpoint"):
         default_checkpoint()
     with pytest.raises(RobustferError, match="--checkpoint"):
         Predictor()
