@@ -19,7 +19,7 @@ import torch
 
 import robustfer
 from robustfer.data import load_dataset
-from robustfer.errors import RobustferError
+from robustfer.errors import RobustferError, check_finite_loss
 from robustfer.methods.base import ViewSpec
 from robustfer.models import DEFAULT_MODEL, create_backbone, model_defaults, model_entry
 from robustfer.pretrain import create_objective, objective_class
@@ -181,10 +181,7 @@ class PretrainRun:
             x = self.images[perm[b * bs:(b + 1) * bs]]
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 loss, stats = self.objective.loss(x, self.g)  # images and the generator: nothing else
-            if not torch.isfinite(loss):
-                raise RobustferError(
-                    f"loss became {loss.item()} at epoch {self.epoch} step {b} ({self.cfg.objective}, lr {self.cfg.lr}): "
-                    f"lower --lr; {Path(self.cfg.out) / 'last.pt'} keeps the last good epoch (continue with --resume)")
+            check_finite_loss(loss, self.cfg.objective, self.epoch, b, self.cfg.lr, self.cfg.out)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             lr = self.opt.param_groups[0]["lr"]  # the rate this step used (the last step's is logged)

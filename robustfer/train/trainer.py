@@ -13,7 +13,7 @@ import torch
 
 import robustfer
 from robustfer.data.noise import write_noise_csv
-from robustfer.errors import RobustferError
+from robustfer.errors import RobustferError, check_finite_loss
 from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detection
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method
 from robustfer.models import create_backbone, extra_loss, load_init, model_defaults
@@ -176,10 +176,7 @@ class Run:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 loss, stats = self.method.loss(self.model, batch, st)
                 loss = loss + extra_loss(self.model)  # regularisers the network carries (modules' extra_loss())
-            if not torch.isfinite(loss):
-                raise RobustferError(
-                    f"loss became {loss.item()} at epoch {st.epoch} step {b} ({cfg.method}, lr {cfg.lr}): lower --lr "
-                    f"or check the labels; {Path(cfg.out) / 'last.pt'} keeps the last good epoch (continue with --resume)")
+            check_finite_loss(loss, cfg.method, st.epoch, b, cfg.lr, cfg.out, "lower --lr or check the labels")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
