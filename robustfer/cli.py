@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="the test-time network as an ONNX file (dynamic batch, classes and "
                        "preprocessing in its metadata); checks onnxruntime against PyTorch")
     s.add_argument("--checkpoint", required=True, help="a .pt file, or a run folder (its best.pt, else last.pt)")
-    s.add_argument("--format", default="onnx", choices=("onnx", "pt"), help="onnx (default): for onnxruntime; pt: a "
+    s.add_argument("--format", default="onnx", help="onnx (default): for onnxruntime; pt: a "
                    "slim PyTorch checkpoint (weights, config, classes; no optimiser state) for --checkpoint")
     s.add_argument("--half", action="store_true", help="--format pt: store the weights in fp16 (half the size; "
                    "loaded back into fp32)")

@@ -189,6 +189,7 @@ def test_errors_are_one_line(compact, tmp_path, capsys, monkeypatch):
     assert "has no best.pt or last.pt" in _err(capsys, ["export", "--checkpoint", str(tmp_path), "--out", out])
     assert "unknown export format 'tflite'" in _err(capsys, ["export", "--checkpoint", str(ck), "--format", "tflite",
                                                              "--out", out])
+    assert "use one of onnx, pt" in _err(capsys, ["export", "--checkpoint", str(ck), "--format", "tflite", "--out", out])
     assert "does not exist" in _err(capsys, ["export", "--checkpoint", str(ck), "--out", str(tmp_path / "no" / "x.onnx")])
     assert "opset 18 or newer" in _err(capsys, ["export", "--checkpoint", str(ck), "--out", out, "--opset", "17"])
     # a check that fails: one line, and no file left behind
