@@ -16,7 +16,7 @@ from robustfer.data.noise import write_noise_csv
 from robustfer.errors import RobustferError, check_finite_loss
 from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detection
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method
-from robustfer.models import create_backbone, extra_loss, load_init, model_defaults
+from robustfer.models import create_backbone, extra_loss, load_init, model_defaults, regularisers
 from robustfer.models.predict import predict_logits
 from robustfer.train.checkpoint import load_checkpoint, save_atomic
 from robustfer.train.config import TrainConfig, resolve
@@ -118,6 +118,7 @@ class Run:
         self.init_skipped = load_init(backbone, cfg.init) if cfg.init else []
         self.model = self.method.build(backbone, self.train_data.num_classes).to(dev)
         self.model = self.model.to(memory_format=torch.channels_last)
+        self.regularisers = regularisers(self.model)  # modules with extra_loss(), found once
         # EMA of the weights AND the BatchNorm statistics (timm's ModelEmaV2 convention); evaluated and shipped
         self.ema = None if cfg.ema is None else torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=ema_warmup_fn(cfg.ema), use_buffers=True)
@@ -175,7 +176,7 @@ class Run:
                           votes=None if self.votes is None else self.votes[idx], generator=self.g)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 loss, stats = self.method.loss(self.model, batch, st)
-                loss = loss + extra_loss(self.model)  # regularisers the network carries (modules' extra_loss())
+                loss = loss + extra_loss(self.regularisers)  # regularisers the network carries (modules' extra_loss())
             check_finite_loss(loss, cfg.method, st.epoch, b, cfg.lr, cfg.out, "lower --lr or check the labels")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
