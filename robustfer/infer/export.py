@@ -109,6 +109,22 @@ def data_images(dataset: str | None, root: str | None, split: str, n: int, **dat
     return np.array(d.images[:n]), f"the first {min(n, len(d))} {dataset} {split} images"
 
 
+def _checked_out(out: str | Path, suffix: str) -> Path:
+    """--out as a Path, refused with one line unless it is F<suffix> in an existing folder."""
+    out = Path(out)
+    if out.suffix != suffix:
+        raise RobustferError(f"--out {out}: name the file F{suffix}")
+    if not out.parent.is_dir():
+        raise RobustferError(f"--out {out}: folder {out.parent} does not exist")
+    return out
+
+
+def check_images(spec: dict, n: int, dataset: str | None, root: str | None, **data_kw) -> tuple[np.ndarray, str]:
+    """The images an export is checked on, and their description: the first `n` test images of
+    `dataset`/`root`, else `n` random smooth ones."""
+    return data_images(dataset, root, "test", n, **data_kw) or (random_faces(spec, n), f"{n} random smooth images")
+
+
 def torch_logits(model, images: np.ndarray, spec: dict) -> np.ndarray:
     """PyTorch's logits, through the same preprocessing as robustfer.models.predict (test_transform)."""
     from robustfer.models.predict import predict_logits
@@ -254,11 +270,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", opse
         raise RobustferError(f"unknown int8 mode {int8_mode!r}: use one of {', '.join(INT8_MODES)}")
     if batch < 1 or calib < 1:
         raise RobustferError(f"--batch {batch} / --calib {calib}: the check and the calibration need at least one image")
-    out = Path(out)
-    if out.suffix != ".onnx":
-        raise RobustferError(f"--out {out}: name the file F.onnx")
-    if not out.parent.is_dir():
-        raise RobustferError(f"--out {out}: folder {out.parent} does not exist")
+    out = _checked_out(out, ".onnx")
     import onnx
 
     from robustfer.train.checkpoint import load_trained
@@ -266,8 +278,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", opse
     ckpt = resolve_checkpoint(checkpoint)
     model, spec, classes, cfg = load_trained(ckpt)
     model = model.float().eval()
-    got_data = data_images(dataset, root, "test", batch, **data_kw)  # before the export: a data error costs nothing
-    images, what = got_data or (random_faces(spec, batch), f"{batch} random smooth images")
+    images, what = check_images(spec, batch, dataset, root, **data_kw)  # before the export: a data error costs nothing
 
     if opset is not None and opset < MIN_OPSET:
         raise RobustferError(f"--opset {opset}: torch {_torch_version()}'s dynamo exporter writes opset {MIN_OPSET} or "
@@ -329,20 +340,13 @@ def export_slim(checkpoint: str | Path, out: str | Path, half: bool = False, bat
     """A test-time checkpoint: the (EMA when kept) weights, config, spec and classes, fp16 with `half` (floating
     tensors only; `load_trained` copies them back into the fp32 model). Checked against the full checkpoint on
     `batch` images (the first test images of `dataset`/`root`, else random smooth ones); written atomically."""
-    import torch
-
     from robustfer.train.checkpoint import load_checkpoint, load_trained, save_atomic
 
-    out = Path(out)
-    if out.suffix != ".pt":
-        raise RobustferError(f"--out {out}: name the file F.pt")
-    if not out.parent.is_dir():
-        raise RobustferError(f"--out {out}: folder {out.parent} does not exist")
+    out = _checked_out(out, ".pt")
     ckpt = resolve_checkpoint(checkpoint)
     model, spec, classes, cfg = load_trained(ckpt)
     src = load_checkpoint(ckpt)
-    got_data = data_images(dataset, root, "test", batch, **data_kw)
-    images, what = got_data or (random_faces(spec, batch), f"{batch} random smooth images")
+    images, what = check_images(spec, batch, dataset, root, **data_kw)
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     slim = {"kind": "model", "model": state, "config": cfg, "spec": spec, "classes": list(classes),
             "version": src.get("version", robustfer.__version__), "source": str(ckpt), "half": half,
