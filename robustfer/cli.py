@@ -190,9 +190,19 @@ def cmd_predict(args) -> int:
                        batch=args.batch, device=args.device, quiet=args.quiet)
 
 
-def _predict_parser(sub) -> None:
+def _face_model_args(s: argparse.ArgumentParser) -> None:
+    """The model and detector options `predict` and `serve` share (both build a Predictor from them)."""
     from robustfer.infer.detect import DEFAULT_DETECTOR, DETECTORS
 
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", help="a train checkpoint (.pt) or run folder (its best.pt, else last.pt); "
+                   "default: the shipped model")
+    g.add_argument("--onnx", help="an ONNX file from `robustfer export` (runs on onnxruntime)")
+    s.add_argument("--detector", choices=list(DETECTORS), help=f"face detector (default {DEFAULT_DETECTOR})")
+    s.add_argument("--no-detect", action="store_true", help="classify each image whole (inputs that are face crops)")
+
+
+def _predict_parser(sub) -> None:
     s = sub.add_parser(
         "predict", help="detect the faces in images, folders or videos and classify their expressions",
         description="Detect faces in images, folders (searched recursively) and videos, and classify each face's "
@@ -200,15 +210,11 @@ def _predict_parser(sub) -> None:
                     "unreadable or damaged image or video, a wrong file type, a missing path: one 'error:' line "
                     "each on stderr, the other inputs are still processed); 2 for a bad model or option.")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images (recursive), video files")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--checkpoint", help="a train checkpoint (.pt) or run folder (its best.pt, else last.pt)")
-    g.add_argument("--onnx", help="an ONNX file from `robustfer export` (runs on onnxruntime)")
+    _face_model_args(s)
     s.add_argument("--out", help="folder for annotated copies (images; per video: .annotated.mp4, .summary.json, "
                                  ".timeline.png), keeping the inputs' relative folder structure")
     s.add_argument("--json", action="store_true", help="one JSON object per face per line: source, frame (null for "
                    "images), box [x, y, w, h], label, probs (+ score, whole, track); no face: box and label null")
-    s.add_argument("--detector", choices=list(DETECTORS), help=f"face detector (default {DEFAULT_DETECTOR})")
-    s.add_argument("--no-detect", action="store_true", help="classify each image whole (inputs that are face crops)")
     s.add_argument("--every", type=int, default=1, help="video: classify every N-th frame (default 1)")
     s.add_argument("--smooth", action="store_true", help="video: exponential moving average of each tracked face's "
                    "probabilities, p = 0.5 * p_frame + 0.5 * p_previous")
@@ -226,20 +232,14 @@ def cmd_serve(args) -> None:
 
 
 def _serve_parser(sub) -> None:
-    from robustfer.infer.detect import DEFAULT_DETECTOR, DETECTORS
-
     s = sub.add_parser("serve", help="a local web page: upload a photo (or use the webcam), see each face boxed with "
                        "its probabilities", description="Serve a local web page (Gradio) where you upload a photo or "
                        "take one with the webcam and see every face boxed, with a probability bar chart per face. "
                        "Nothing leaves this machine; the page listens on 127.0.0.1 unless --host says otherwise.")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--checkpoint", help="a train checkpoint (.pt) or run folder (default: the shipped model)")
-    g.add_argument("--onnx", help="an ONNX file from `robustfer export` (runs on onnxruntime)")
+    _face_model_args(s)
     s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the "
                    "local network)")
-    s.add_argument("--detector", choices=list(DETECTORS), help=f"face detector (default {DEFAULT_DETECTOR})")
-    s.add_argument("--no-detect", action="store_true", help="classify each photo whole (face crops)")
     s.set_defaults(func=cmd_serve)
 
 
