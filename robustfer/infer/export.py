@@ -349,7 +349,7 @@ def export_slim(checkpoint: str | Path, out: str | Path, half: bool = False, bat
     images, what = check_images(spec, batch, dataset, root, **data_kw)
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     slim = {"kind": "model", "model": state, "config": cfg, "spec": spec, "classes": list(classes),
-            "version": src.get("version", robustfer.__version__), "source": str(ckpt), "half": half,
+            "version": src.get("version", robustfer.__version__), "source": str(ckpt), "half": half, "test_network": True,
             "epoch": src.get("epoch")}
     save_atomic(slim, out)
     ref = softmax(torch_logits(model, images, spec))

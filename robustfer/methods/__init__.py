@@ -9,6 +9,7 @@ from robustfer.methods.ldl import LDL
 from robustfer.methods.ncctfer import NCCTFER
 from robustfer.methods.nla import NLA
 from robustfer.methods.pll import PLL
+from robustfer.methods.poi import POI
 
 METHODS: dict[str, type[Method]] = {
     "ce": CE,
@@ -17,6 +18,7 @@ METHODS: dict[str, type[Method]] = {
     "ncctfer": NCCTFER,
     "nla": NLA,
     "pll": PLL,
+    "poi": POI,
 }
 
 

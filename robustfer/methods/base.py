@@ -63,9 +63,14 @@ class Method:
         self.options = options
 
     # --- network ---
-    def build(self, backbone: nn.Module, num_classes: int) -> nn.Module:
-        """The trained network; its forward(x) gives the test-time logits."""
+    def build(self, backbone: nn.Module, num_classes: int, classes: tuple[str, ...] | None = None) -> nn.Module:
+        """The trained network (`classes`: the data set's class names, for methods with a class prior)."""
         return Classifier(backbone, num_classes)
+
+    def test_network(self, model: nn.Module) -> nn.Module:
+        """The part of the trained network that runs at test time, export and prediction (default: all of it;
+        its forward(x) gives the test-time logits)."""
+        return model
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
         """Optimiser parameter groups (one group by default)."""

@@ -5,7 +5,8 @@ batch 64, 60 epochs. With FERPlus's non-majority label modes the target follows 
 `cost_func`: soft-target CE for `crossentropy`, a one-hot drawn from the vote distribution every batch
 for `probability`, and -log max_k(t_k p_k) for `multi_target` (t = (1-0.001)·[votes>0] + 0.001).
 The mode is the training data's (`state.label_mode`, from `--label-mode`) unless the `label_mode`
-option overrides it (`--method-opt label_mode=crossentropy`).
+option overrides it (`--method-opt label_mode=crossentropy`). Stat `argmax`: the predicted class of each
+training view (the trainer scores it against the clean labels under synthetic noise).
 """
 from __future__ import annotations
 
@@ -37,17 +38,20 @@ class CE(Method):
 
     def loss(self, model, batch: Batch, state: State):
         logits = model(batch.views["weak"])
-        mode = self.label_mode or state.label_mode
+        return self.label_loss(logits, batch, self.label_mode or state.label_mode), {"argmax": logits.detach().argmax(1)}
+
+    def label_loss(self, logits: torch.Tensor, batch: Batch, mode: str) -> torch.Tensor:
+        """The loss of the label mode (majority CE where the data set has no votes)."""
         if mode == "majority" or batch.soft is None:
-            return F.cross_entropy(logits, batch.labels, label_smoothing=self.label_smoothing), {}
+            return F.cross_entropy(logits, batch.labels, label_smoothing=self.label_smoothing)
         t = batch.soft
         if mode == "probability":
             pick = torch.multinomial(t.float(), 1, generator=batch.generator).squeeze(1)
-            return F.cross_entropy(logits, pick, label_smoothing=self.label_smoothing), {}
+            return F.cross_entropy(logits, pick, label_smoothing=self.label_smoothing)
         if mode == "crossentropy":
-            return F.cross_entropy(logits, t), {}
+            return F.cross_entropy(logits, t)
         if mode == "multi_target":
             t = (1 - 1e-3) * (t > 0).float() + 1e-3
             p = logits.float().softmax(1)
-            return -torch.log((t * p).amax(1).clamp_min(1e-12)).mean(), {}
+            return -torch.log((t * p).amax(1).clamp_min(1e-12)).mean()
         raise ValueError(f"unknown label mode {mode!r}")

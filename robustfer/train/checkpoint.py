@@ -47,9 +47,12 @@ def load_trained(path: Path, device: str = "cpu"):
     cfg = ck["config"]
     method = create_method(cfg["method"], **cfg.get("method_options", {}))
     spec = ck["spec"]
-    model = method.build(create_backbone(cfg["model"], spec["channels"]), len(ck["classes"]))
+    classes = tuple(ck["classes"])
+    full = method.build(create_backbone(cfg["model"], spec["channels"]), len(classes), classes)
+    model = method.test_network(full)  # what runs at test time (POI: its TRN, without the prior network)
+    target = model if ck.get("test_network") else full  # a slim export holds the test-time part only
     if "ema" in ck:  # --ema: the averaged weights are the trained model (AveragedModel keys: module.*)
-        model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")})
+        target.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")})
     else:
-        model.load_state_dict(ck["model"])
-    return model.to(device).eval(), spec, tuple(ck["classes"]), cfg
+        target.load_state_dict(ck["model"])
+    return model.to(device).eval(), spec, classes, cfg

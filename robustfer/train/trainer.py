@@ -116,7 +116,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         backbone = create_backbone(cfg.model, chans)
         self.init_skipped = load_init(backbone, cfg.init) if cfg.init else []
-        self.model = self.method.build(backbone, self.train_data.num_classes).to(dev)
+        self.model = self.method.build(backbone, self.train_data.num_classes, tuple(self.train_data.classes)).to(dev)
         self.model = self.model.to(memory_format=torch.channels_last)
         self.regularisers = regularisers(self.model)  # modules with extra_loss(), found once
         # EMA of the weights AND the BatchNorm statistics (timm's ModelEmaV2 convention); evaluated and shipped
@@ -204,6 +204,8 @@ class Run:
         row.update(self.noise_figures(per_sample))
         labels = self.labels.cpu().numpy()
         for k, v in per_sample.items():  # e.g. weight_mean_by_class: where the method's weight goes, per given label
+            if k.endswith("argmax"):
+                continue  # class indices: scored against the clean labels in noise_figures
             row[f"{k}_mean_by_class"] = mean_by_class(v.cpu().numpy(), labels, list(self.train_data.classes))
         return row
 
@@ -218,6 +220,10 @@ class Run:
             seen = ~np.isnan(v)
             if k == "flagged_noisy":
                 out.update(noise_detection(v[seen] > 0.5, flipped[seen]))
+            elif k.endswith("argmax"):  # a predicted class: how often it is the clean class of a flipped label
+                hit = v == self.train_data.clean_labels
+                out[f"{k}_clean_recovery"] = float(np.mean(hit[seen & flipped])) if np.any(seen & flipped) else None
+                out[f"{k}_clean_agreement"] = float(np.mean(hit[seen & ~flipped])) if np.any(seen & ~flipped) else None
             else:
                 out[f"{k}_mean_flipped"] = float(np.mean(v[seen & flipped])) if np.any(seen & flipped) else None
                 out[f"{k}_mean_clean"] = float(np.mean(v[seen & ~flipped])) if np.any(seen & ~flipped) else None
@@ -225,8 +231,8 @@ class Run:
 
     @property
     def test_model(self) -> torch.nn.Module:
-        """The network evaluated and shipped: the EMA weights when --ema is on."""
-        return self.model if self.ema is None else self.ema.module
+        """The network evaluated and shipped: the method's test-time part, of the EMA weights when --ema is on."""
+        return self.method.test_network(self.model if self.ema is None else self.ema.module)
 
     def evaluate(self, select: bool = False) -> dict:
         """Figures on the eval split, or (`select`) on the selection split."""

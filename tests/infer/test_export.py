@@ -31,7 +31,7 @@ def make_checkpoint(path, model="compact_s", method="ce", seed=0):
     statistics that are not the identity, so the check compares something."""
     torch.manual_seed(seed)
     size, chans = model_defaults(model)
-    net = create_method(method).build(create_backbone(model, chans), len(CLASSES))
+    net = create_method(method).build(create_backbone(model, chans), len(CLASSES), tuple(CLASSES))
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -122,14 +122,15 @@ def test_onnx_classifier_needs_no_torch(compact):
     assert out == {"shape": [3, 8], "classes": CLASSES, "bad": []}
 
 
-@pytest.mark.parametrize("model,method", [("vit_s", "ce"), ("compact_s", "ncctfer")])
+@pytest.mark.parametrize("model,method", [("vit_s", "ce"), ("compact_s", "ncctfer"), ("compact_s", "poi")])
 def test_other_models_and_methods_export_the_test_time_head_only(tmp_path, capsys, model, method):
     ck = make_checkpoint(tmp_path / "ck.pt", model, method, seed=1)
     assert main(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "m.onnx")]) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("check on")][0]
     assert float(line.split("= ")[1].split()[0]) < 1e-4
     names = [i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer]
-    assert any(n.startswith("fc.") for n in names) and not any("neg" in n for n in names)  # NCCTFER's h_n is not shipped
+    assert any(n.startswith("fc.") for n in names)
+    assert not any("neg" in n or "pin" in n or "conf" in n for n in names)  # NCCTFER's h_n, POI's PIN are not shipped
     model_, spec, *_ = load_trained(ck)
     u8 = _faces(5, seed=2)
     ref = predict_logits(model_, torch.from_numpy(u8), 48, 1, "imagenet").softmax(1).numpy()
