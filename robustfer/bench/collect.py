@@ -17,8 +17,19 @@ COLUMNS = ["cell", "method", "control_of", "noise_type", "noise_rate", "seed", "
            "epochs", "wall_s", "images_per_s",
            # vote-aware figures (methods.md §5) where the test split has annotator votes (FERPlus), else empty
            "last_vote_kl", "last_top_vote_prob", "last_plausible_accuracy",
-           "best_vote_kl", "best_top_vote_prob", "best_plausible_accuracy"]
+           "best_vote_kl", "best_top_vote_prob", "best_plausible_accuracy",
+           # last-epoch training figures under synthetic noise, where the method logs them (trainer.noise_figures)
+           "argmax_clean_recovery", "pin_argmax_clean_recovery", "confidence_mean_flipped", "confidence_mean_clean"]
 VOTE_KEYS = ("vote_kl", "top_vote_prob", "plausible_accuracy")
+# (column, table title) of the last-epoch training figures, tabled where any finished cell has them
+TRAINING_FIGURES = (
+    ("argmax_clean_recovery", "Flipped training labels whose clean class the trained network's argmax gives "
+                              "(on the training views, last epoch, %)"),
+    ("pin_argmax_clean_recovery", "Flipped training labels whose clean class POI's prior network (PIN) gives "
+                                  "(last epoch, %)"),
+    ("confidence_mean_flipped", "Mean confidence c on flipped labels (last epoch)"),
+    ("confidence_mean_clean", "Mean confidence c on clean labels (last epoch)"),
+)
 
 
 def noise_parts(noise: str) -> tuple[str, float]:
@@ -49,6 +60,7 @@ def cell_row(cell: Cell, run: Path) -> dict | None:
         "noise_recall": last.get("noise_recall"), "epochs": s["epochs"], "wall_s": s["wall_s"],
         "images_per_s": s["images_per_s"],
         **{f"{blk}_{k}": s[blk].get(k) for blk in ("last", "best") for k in VOTE_KEYS},
+        **{k: last.get(k) for k, _ in TRAINING_FIGURES},
     }
 
 
@@ -130,6 +142,14 @@ def results_md(rows: list[dict], out: Path, header: str = "", detection: list[di
                               "annotators' top class, %), last epoch")
             lines += table_md(voted, "last_plausible_accuracy", "Test plausible accuracy (predicted class got at least "
                               "2 votes, %), last epoch")
+        for key, title in TRAINING_FIGURES:
+            have = [r for r in part if r.get(key) not in (None, "")]
+            if have:
+                pct = not key.startswith("confidence")
+                lines += table_md(have, key, title, scale=100.0 if pct else 1.0, digits=2 if pct else 3,
+                                  lower_is_better=key == "confidence_mean_flipped")
+        lines += table_md(part, "wall_s", "Training time, minutes (wall clock on this machine)", scale=1 / 60, digits=1,
+                          lower_is_better=True)
         flagged = [r for r in part if r["noise_precision"] not in (None, "")]
         if flagged:
             lines += table_md(flagged, "noise_precision", "Noise precision (flagged that were flipped), last epoch")

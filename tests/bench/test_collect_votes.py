@@ -42,3 +42,26 @@ def test_vote_columns_and_tables_only_where_cells_have_votes(tmp_path):
         assert next(csv.DictReader(f))["last_vote_kl"] == ""
     md = results_md(rows, plain)
     assert "vote KL" not in md and "plausible" not in md and "Test accuracy, last epoch" in md
+
+
+def test_training_figures_and_time_are_tabled_where_cells_log_them(tmp_path):
+    """The last epoch's argmax recovery (CE, POI), PIN's recovery and POI's confidence become columns and
+    tables; training time is tabled in minutes, the shortest in bold."""
+    cells = [_cell(tmp_path, "ce_s1", "ce", 1, None), _cell(tmp_path, "poi_s1", "poi", 1, None)]
+    extra = {"ce_s1": {"argmax_clean_recovery": 0.6}, "poi_s1": {"argmax_clean_recovery": 0.7,
+             "pin_argmax_clean_recovery": 0.65, "confidence_mean_flipped": 0.3, "confidence_mean_clean": 0.4}}
+    for name, figs in extra.items():
+        run = tmp_path / "cells" / name
+        row = json.loads((run / "metrics.jsonl").read_text())
+        (run / "metrics.jsonl").write_text(json.dumps({**row, **figs}) + "\n")
+    (tmp_path / "cells" / "poi_s1" / "summary.json").write_text(
+        (tmp_path / "cells" / "poi_s1" / "summary.json").read_text().replace('"wall_s": 1.0', '"wall_s": 150.0'))
+    rows = collect(tmp_path, cells)
+    assert rows[0]["pin_argmax_clean_recovery"] is None and rows[1]["pin_argmax_clean_recovery"] == 0.65
+    md = results_md(rows, tmp_path)
+    own = md.split("the trained network's argmax gives")[1]
+    assert "| ce | 60.00 |" in own and "| poi | **70.00** |" in own
+    assert "| poi | **65.00** |" in md.split("prior network (PIN) gives")[1] and "| ce |" not in md.split("(PIN) gives")[1].split("**Mean")[0]
+    assert "| poi | **0.300** |" in md.split("on flipped labels")[1]
+    time = md.split("Training time, minutes")[1]
+    assert "| ce | **0.0** |" in time and "| poi | 2.5 |" in time
