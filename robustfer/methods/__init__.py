@@ -5,20 +5,26 @@ from robustfer.errors import RobustferError
 from robustfer.methods.base import Batch, Method, State, ViewSpec
 from robustfer.methods.ce import CE
 from robustfer.methods.dnfer import DNFER
+from robustfer.methods.eac import EAC
 from robustfer.methods.ldl import LDL
 from robustfer.methods.ncctfer import NCCTFER
 from robustfer.methods.nla import NLA
 from robustfer.methods.pll import PLL
 from robustfer.methods.poi import POI
+from robustfer.methods.rul import RUL
+from robustfer.methods.scn import SCN
 
 METHODS: dict[str, type[Method]] = {
     "ce": CE,
     "dnfer": DNFER,
+    "eac": EAC,
     "ldl": LDL,
     "ncctfer": NCCTFER,
     "nla": NLA,
     "pll": PLL,
     "poi": POI,
+    "rul": RUL,
+    "scn": SCN,
 }
 
 

@@ -63,8 +63,9 @@ class Method:
         self.options = options
 
     # --- network ---
-    def build(self, backbone: nn.Module, num_classes: int, classes: tuple[str, ...] | None = None) -> nn.Module:
-        """The trained network (`classes`: the data set's class names, for methods with a class prior)."""
+    def build(self, backbone: nn.Module, num_classes: int, classes: tuple[str, ...] | None = None, spec=None) -> nn.Module:
+        """The trained network (`classes`: the data set's class names, for methods with a class prior; `spec`:
+        the ViewSpec, for heads whose size depends on the input's)."""
         return Classifier(backbone, num_classes)
 
     def test_network(self, model: nn.Module) -> nn.Module:

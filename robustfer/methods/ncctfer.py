@@ -113,7 +113,7 @@ class NCCTFER(Method):
         self.warmup, self.k, self.neg_grad = int(warmup), int(k), neg_grad
         self.head_lr_mult = float(head_lr_mult)
 
-    def build(self, backbone: nn.Module, num_classes: int, classes=None) -> nn.Module:
+    def build(self, backbone: nn.Module, num_classes: int, classes=None, spec=None) -> nn.Module:
         if not 1 <= self.k <= num_classes:
             raise RobustferError(f"ncctfer option k={self.k} must lie in 1..{num_classes} (the number of classes)")
         return NCCTFERNet(backbone, num_classes)

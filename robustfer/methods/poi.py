@@ -219,7 +219,7 @@ class POI(Method):
         self.warmup, self.lam, self.dml = int(warmup), float(lam), float(dml)
         self.pin_encoders, self.conf_input = pin_encoders, conf_input
 
-    def build(self, backbone: nn.Module, num_classes: int, classes: tuple[str, ...] | None = None) -> nn.Module:
+    def build(self, backbone: nn.Module, num_classes: int, classes: tuple[str, ...] | None = None, spec=None) -> nn.Module:
         if classes is None or len(classes) != num_classes:
             raise RobustferError("poi needs the data set's class names to build its action-unit prior")
         return POINet(backbone, num_classes, prior_matrix(classes), self.pin_encoders, self.conf_input)

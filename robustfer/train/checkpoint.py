@@ -37,7 +37,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def load_trained(path: Path, device: str = "cpu"):
     """(test-time model in eval mode, ViewSpec dict, class names, config dict) from a train checkpoint."""
-    from robustfer.methods import create_method
+    from robustfer.methods import ViewSpec, create_method
     from robustfer.models import create_backbone
 
     ck = load_checkpoint(path)
@@ -48,7 +48,7 @@ def load_trained(path: Path, device: str = "cpu"):
     method = create_method(cfg["method"], **cfg.get("method_options", {}))
     spec = ck["spec"]
     classes = tuple(ck["classes"])
-    full = method.build(create_backbone(cfg["model"], spec["channels"]), len(classes), classes)
+    full = method.build(create_backbone(cfg["model"], spec["channels"]), len(classes), classes, ViewSpec(**spec))
     model = method.test_network(full)  # what runs at test time (POI: its TRN, without the prior network)
     target = model if ck.get("test_network") else full  # a slim export holds the test-time part only
     if "ema" in ck:  # --ema: the averaged weights are the trained model (AveragedModel keys: module.*)

@@ -116,7 +116,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         backbone = create_backbone(cfg.model, chans)
         self.init_skipped = load_init(backbone, cfg.init) if cfg.init else []
-        self.model = self.method.build(backbone, self.train_data.num_classes, tuple(self.train_data.classes)).to(dev)
+        self.model = self.method.build(backbone, self.train_data.num_classes, tuple(self.train_data.classes), self.spec).to(dev)
         self.model = self.model.to(memory_format=torch.channels_last)
         self.regularisers = regularisers(self.model)  # modules with extra_loss(), found once
         # EMA of the weights AND the BatchNorm statistics (timm's ModelEmaV2 convention); evaluated and shipped
