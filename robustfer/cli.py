@@ -285,9 +285,13 @@ def _train_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--lr", type=float)
     s.add_argument("--weight-decay", type=float)
     s.add_argument("--optimizer", choices=("adam", "sgd"))
-    s.add_argument("--schedule", choices=("constant", "exp", "onecycle", "cosine"))
+    s.add_argument("--schedule", choices=("constant", "exp", "onecycle", "cosine", "step"))
+    s.add_argument("--milestones", type=lambda v: [int(x) for x in v.strip("[]").split(",") if x.strip()],
+                   help="--schedule step: comma-separated epochs at whose START the lr is multiplied by --gamma, e.g. 0,10")
+    s.add_argument("--sampler", choices=("shuffle", "balanced"),
+                   help="epoch order: shuffle, or balanced (draws with replacement, weight 1 / class count)")
     s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    s.add_argument("--gamma", type=float, help="lr factor per epoch of --schedule exp (default: the recipe's)")
+    s.add_argument("--gamma", type=float, help="lr factor per epoch of --schedule exp, per milestone of step (default: the recipe's)")
     s.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
                    help="drop the last incomplete batch of each epoch (default: the recipe's)")
     s.add_argument("--norm", choices=("imagenet", "rafdb", "half"), help="input normalisation (default: the method's)")

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from robustfer.errors import RobustferError
-from robustfer.methods import METHODS
+from robustfer.methods import METHODS, create_method
 from robustfer.train.config import TrainConfig, resolve
 
 # What makes a recipe: the options a CE control copies from its method (not the views, not the loss).
 RECIPE_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "schedule", "gamma", "batch_size", "epochs",
-               "drop_last", "norm")
+               "drop_last", "norm", "milestones", "sampler")
 # Options a grid cannot set per cell: bench owns them.
 OWNED = {"out", "method", "noise", "seed"}
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
@@ -170,14 +170,20 @@ def _check_options(opts: dict, where: str) -> None:
 def resolved(options: dict, method: str) -> TrainConfig:
     """The options as `train` will resolve them for `method` (its recipe filled in)."""
     cls = METHODS[method]
-    return resolve(TrainConfig(**{**options, "method": method, "out": ""}), cls.recipe, cls.cpu_recipe_ok)
+    return resolve(TrainConfig(**{**options, "method": method, "out": ""}), cls.recipe_for(options.get("dataset")),
+                   cls.cpu_recipe_ok)
 
 
 def recipe_of(cfg: TrainConfig) -> dict:
-    """The optimisation recipe of a resolved config (gamma only where the schedule uses it, momentum only for SGD)."""
+    """The optimisation recipe of a resolved config (gamma and milestones only where the schedule uses them,
+    momentum only for SGD, the sampler only where it is not the plain shuffle)."""
     r = {k: getattr(cfg, k) for k in RECIPE_KEYS}
-    if r["schedule"] != "exp":
+    if r["schedule"] not in ("exp", "step"):
         r.pop("gamma")
+    if r["schedule"] != "step":
+        r.pop("milestones")
+    if r["sampler"] == "shuffle":  # the default: left out, so the grids written before it keep their commands
+        r.pop("sampler")
     if r["optimizer"] != "sgd":
         r.pop("momentum")
     return r
@@ -186,11 +192,11 @@ def recipe_of(cfg: TrainConfig) -> dict:
 def scaled_warmup(method: str, options: dict) -> dict:
     """The method's warm-up scaled from its official epochs to this cell's (at least 1), when it has one."""
     cls = METHODS[method]
-    m = cls(**options.get("method_options", {}))
+    m = create_method(method, options.get("dataset"), **options.get("method_options", {}))
     if not hasattr(m, "warmup") or "warmup" in options.get("method_options", {}):
         return {}
     epochs = resolved(options, method).epochs
-    return {"warmup": max(1, round(m.warmup * epochs / cls.recipe["epochs"]))}
+    return {"warmup": max(1, round(m.warmup * epochs / cls.recipe_for(options.get("dataset"))["epochs"]))}
 
 
 def _tag(value) -> str:

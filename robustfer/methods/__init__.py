@@ -28,14 +28,19 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def create_method(name: str, **options) -> Method:
-    """Instantiate method `name` with its options."""
+def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise RobustferError(f"unknown method {name!r}; `robustfer methods` lists them: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def create_method(name: str, dataset: str | None = None, **options) -> Method:
+    """Instantiate method `name` with its official options on `dataset` overridden by `options`."""
+    cls = method_class(name)
     try:
-        return METHODS[name](**options)
+        return cls(**{**cls.options_for(dataset), **options})
     except TypeError as e:
         raise RobustferError(f"bad option for method {name}: {e}") from None
 
 
-__all__ = ["METHODS", "Batch", "Method", "State", "ViewSpec", "create_method"]
+__all__ = ["METHODS", "Batch", "Method", "State", "ViewSpec", "create_method", "method_class"]

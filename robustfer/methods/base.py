@@ -62,6 +62,16 @@ class Method:
     def __init__(self, **options):
         self.options = options
 
+    @classmethod
+    def recipe_for(cls, dataset: str | None) -> dict:
+        """The official recipe on `dataset` (methods.md's table); one for every data set unless overridden."""
+        return cls.recipe
+
+    @classmethod
+    def options_for(cls, dataset: str | None) -> dict:
+        """The official method options on `dataset` (`--method-opt` overrides them); none by default."""
+        return {}
+
     # --- network ---
     def build(self, backbone: nn.Module, num_classes: int, classes: tuple[str, ...] | None = None, spec=None) -> nn.Module:
         """The trained network (`classes`: the data set's class names, for methods with a class prior; `spec`:

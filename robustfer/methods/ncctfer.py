@@ -104,6 +104,19 @@ class NCCTFER(Method):
     recipe = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", "batch_size": 128,
               "epochs": 40, "norm": "imagenet", "drop_last": True}
     views = ("weak", "strong")
+    # AffectNet (main_affectnet.py): lr ÷10 at the START of epochs 0 and 10 (encoder 1e-5 then 1e-6, heads x10),
+    # class-balanced sampling with replacement, 0.5/0.5 normalisation, 12 epochs, k = 3, warm-up 3
+    affectnet_recipe = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "step", "milestones": [0, 10],
+                        "gamma": 0.1, "batch_size": 128, "epochs": 12, "norm": "half", "drop_last": False,
+                        "sampler": "balanced"}
+
+    @classmethod
+    def recipe_for(cls, dataset):
+        return cls.affectnet_recipe if dataset == "affectnet" else cls.recipe
+
+    @classmethod
+    def options_for(cls, dataset):
+        return {"k": 3, "warmup": 3} if dataset == "affectnet" else {}
 
     def __init__(self, warmup: int = 4, k: int = 4, neg_grad: str = "weak", head_lr_mult: float = 10.0,
                  **options):

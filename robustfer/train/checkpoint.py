@@ -45,7 +45,7 @@ def load_trained(path: Path, device: str = "cpu"):
         raise RobustferError(f"{path} is a label-free pre-training checkpoint (a backbone, no classifier): "
                              f"train from it with `robustfer train --init {path}`")
     cfg = ck["config"]
-    method = create_method(cfg["method"], **cfg.get("method_options", {}))
+    method = create_method(cfg["method"], cfg.get("dataset"), **cfg.get("method_options", {}))
     spec = ck["spec"]
     classes = tuple(ck["classes"])
     full = method.build(create_backbone(cfg["model"], spec["channels"]), len(classes), classes, ViewSpec(**spec))

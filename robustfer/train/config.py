@@ -51,7 +51,9 @@ class TrainConfig(SavedConfig):
     lr: float | None = None
     weight_decay: float | None = None
     optimizer: str | None = None       # adam | sgd
-    schedule: str | None = None        # constant | exp | onecycle | cosine
+    schedule: str | None = None        # constant | exp | onecycle | cosine | step
+    milestones: list[int] | None = None  # schedule=step: lr x gamma at the START of each of these epochs
+    sampler: str | None = None         # shuffle | balanced (class-balanced draws with replacement)
     momentum: float = 0.9
     gamma: float | None = None         # ExponentialLR factor for schedule=exp (default the recipe's, else 0.9)
     seed: int = 1
@@ -120,6 +122,12 @@ def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -
         out["norm"] = method_recipe.get("norm", "imagenet")
     if cfg.gamma is None:
         out["gamma"] = base.get("gamma", 0.9)
+    if cfg.milestones is None:
+        out["milestones"] = list(base.get("milestones", []))
+    if cfg.sampler is None:
+        out["sampler"] = base.get("sampler", "shuffle")
+    if (cfg.sampler or out.get("sampler")) not in ("shuffle", "balanced"):
+        raise RobustferError(f"--sampler {cfg.sampler!r}: use shuffle or balanced")
     if cfg.select_split is None:
         out["select_split"] = default_select_split(cfg.dataset)
     if not 0.0 < cfg.holdout < 1.0:

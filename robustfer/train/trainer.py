@@ -15,7 +15,7 @@ import robustfer
 from robustfer.data.noise import write_noise_csv
 from robustfer.errors import RobustferError, check_finite_loss
 from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detection
-from robustfer.methods import Batch, Method, State, ViewSpec, create_method
+from robustfer.methods import Batch, Method, State, ViewSpec, create_method, method_class
 from robustfer.models import create_backbone, extra_loss, load_init, model_defaults, regularisers
 from robustfer.models.predict import predict_logits
 from robustfer.train.checkpoint import load_checkpoint, save_atomic
@@ -60,9 +60,12 @@ def make_schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=cfg.epochs * steps_per_epoch), "batch"
+    if cfg.schedule == "step":  # x gamma at the START of each milestone epoch (0 included: from the first epoch)
+        ms = list(cfg.milestones or [])
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** sum(m <= e for m in ms)), "epoch"
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps_per_epoch), "batch"
-    raise RobustferError(f"--schedule {cfg.schedule!r}: use constant, exp, onecycle or cosine")
+    raise RobustferError(f"--schedule {cfg.schedule!r}: use constant, exp, onecycle, cosine or step")
 
 
 def ema_decay(decay: float, n: int) -> float:
@@ -90,8 +93,8 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, quiet: bool = False):
         self.quiet = quiet
-        self.method: Method = create_method(cfg.method, **dict(cfg.method_options))
-        self.cfg = cfg = resolve(cfg, self.method.recipe, self.method.cpu_recipe_ok)
+        self.method: Method = create_method(cfg.method, cfg.dataset, **dict(cfg.method_options))
+        self.cfg = cfg = resolve(cfg, method_class(cfg.method).recipe_for(cfg.dataset), self.method.cpu_recipe_ok)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
@@ -164,7 +167,7 @@ class Run:
         cfg, st, dev = self.cfg, self.state, self.device
         self.model.train()
         n = len(self.labels)
-        perm = torch.randperm(n, generator=self.g, device=dev)
+        perm = self.epoch_order(n)
         per_sample: dict[str, torch.Tensor] = {}
         total, seen, t0 = 0.0, 0, time.perf_counter()
         for b in range(self.steps_per_epoch):
@@ -208,6 +211,14 @@ class Run:
                 continue  # class indices: scored against the clean labels in noise_figures
             row[f"{k}_mean_by_class"] = mean_by_class(v.cpu().numpy(), labels, list(self.train_data.classes))
         return row
+
+    def epoch_order(self, n: int) -> torch.Tensor:
+        """The epoch's sample order: a permutation, or (`--sampler balanced`) n draws with replacement, each
+        sample weighted 1 / (count of its given class), as torchsampler's ImbalancedDatasetSampler."""
+        if self.cfg.sampler != "balanced":
+            return torch.randperm(n, generator=self.g, device=self.device)
+        counts = torch.bincount(self.labels, minlength=self.state.num_classes).float()
+        return torch.multinomial(1.0 / counts[self.labels], n, replacement=True, generator=self.g)
 
     def noise_figures(self, per_sample: dict[str, torch.Tensor]) -> dict:
         """Scores the method's per-sample flags/weights against the known flip mask (synthetic noise)."""

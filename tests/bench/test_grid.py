@@ -72,7 +72,7 @@ def test_sweeps_multiply_and_name_the_cells():
     ({"train": {**BASE, "seed": 3}}, "set by the grid itself"),
     ({"train": {**BASE, "epocs": 3}}, "not train options"),
     ({"train": {"root": "r"}}, "needs dataset"),
-    ({"method": {"scn": {}}}, "names no method"),
+    ({"method": {"mixup": {}}}, "names no method"),
 ])
 def test_bad_grids_are_refused_in_one_line(raw, msg):
     with pytest.raises(RobustferError, match=msg):
