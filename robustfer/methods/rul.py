@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from robustfer.errors import RobustferError
 from robustfer.methods.base import Batch, Method, State, ViewSpec
 from robustfer.methods.ce import CE
-from robustfer.methods.scn import relabel
+from robustfer.methods.scn import current_labels, relabel_batch
 
 EMBED = 64
 
@@ -114,8 +114,7 @@ class RUL(Method):
         return CE.make_views(self, x, g, spec)
 
     def loss(self, model, batch: Batch, state: State):
-        store = state.tensors.get("rul_labels")
-        labels = batch.labels if store is None else torch.where(store[batch.index] >= 0, store[batch.index], batch.labels)
+        labels = current_labels(state, "rul_labels", batch)
         mu, logvar = model.embed(batch.views["weak"])
         n = labels.shape[0]
         partner = torch.randperm(n, generator=batch.generator, device=labels.device) if batch.generator is not None \
@@ -124,10 +123,5 @@ class RUL(Method):
         logits = model.fc(mu).detach().float()
         stats = {"uncertainty": u.detach(), "argmax": logits.argmax(1)}
         if self.relabel and state.epoch >= self.warmup:
-            new, _ = relabel(logits.softmax(1), labels, self.margin_2)
-            store = state.tensors.setdefault(
-                "rul_labels", torch.full((state.num_train,), -1, dtype=torch.long, device=labels.device))
-            store[batch.index] = torch.where(new == batch.labels, torch.full_like(new, -1), new)
-        if "rul_labels" in state.tensors:
-            stats["relabelled"] = (state.tensors["rul_labels"][batch.index] >= 0).float()
+            stats["relabelled"] = relabel_batch(state, "rul_labels", batch, labels, logits.softmax(1), self.margin_2)
         return loss, stats

@@ -68,6 +68,25 @@ def relabel(probs: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple[t
     return torch.where(change, pred, labels), change
 
 
+def current_labels(state: State, key: str, batch: Batch) -> torch.Tensor:
+    """The batch's training labels as they stand now: relabelled ones (state.tensors[key] >= 0) replaced."""
+    store = state.tensors.get(key)
+    if store is None:
+        return batch.labels
+    s = store[batch.index]
+    return torch.where(s >= 0, s, batch.labels)
+
+
+def relabel_batch(state: State, key: str, batch: Batch, labels: torch.Tensor, probs: torch.Tensor,
+                  margin: float) -> torch.Tensor:
+    """SCN's rule on the batch: store the new labels in state.tensors[key] (-1 = the given label stands),
+    created on first use; returns the `relabelled` stat (1 where the stored label differs from the given one)."""
+    new, _ = relabel(probs, labels, margin)
+    store = state.tensors.setdefault(key, torch.full((state.num_train,), -1, dtype=torch.long, device=labels.device))
+    store[batch.index] = torch.where(new == batch.labels, torch.full_like(new, -1), new)
+    return (store[batch.index] >= 0).float()
+
+
 class SCN(Method):
     name = "scn"
     summary = "importance weights on the logits + rank regularisation; relabels confidently contradicted labels"
@@ -89,11 +108,7 @@ class SCN(Method):
 
     def stored_labels(self, batch: Batch, state: State) -> torch.Tensor:
         """The batch's training labels as they stand now (relabelled ones replaced)."""
-        store = state.tensors.get("scn_labels")
-        if store is None:
-            return batch.labels
-        s = store[batch.index]
-        return torch.where(s >= 0, s, batch.labels)
+        return current_labels(state, "scn_labels", batch)
 
     def loss(self, model, batch: Batch, state: State):
         labels = self.stored_labels(batch, state)
@@ -102,10 +117,6 @@ class SCN(Method):
         loss = F.cross_entropy(z.float(), labels) + l_rr
         stats = {"alpha": alpha.detach().float(), "flagged_noisy": low.float(), "argmax": z.detach().argmax(1)}
         if self.relabel and state.epoch >= self.warmup:
-            new, _ = relabel(z.detach().float().softmax(1), labels, self.margin_2)
-            store = state.tensors.setdefault(
-                "scn_labels", torch.full((state.num_train,), -1, dtype=torch.long, device=z.device))
-            store[batch.index] = torch.where(new == batch.labels, torch.full_like(new, -1), new)
-        if "scn_labels" in state.tensors:
-            stats["relabelled"] = (state.tensors["scn_labels"][batch.index] >= 0).float()
+            stats["relabelled"] = relabel_batch(state, "scn_labels", batch, labels, z.detach().float().softmax(1),
+                                                self.margin_2)
         return loss, stats
