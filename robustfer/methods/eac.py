@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from robustfer import augment as A
 from robustfer.errors import RobustferError
 from robustfer.methods.base import Batch, Method, State, ViewSpec
+from robustfer.methods.ce import CE
 from robustfer.methods.nla import pixel_noise_uint8
 
 
@@ -61,8 +62,7 @@ class EAC(Method):
     summary = "CE + consistency of the class activation maps of an image and its erased mirror (weight 5)"
     paper = "Erasing Attention Consistency, ECCV 2022 (zyh-uaiaaaa/Erasing-Attention-Consistency)"
     # ResNet-18 recipe: lr 2e-4, batch 32 (maintainer, issues #3, #19, #20)
-    recipe = {"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-4, "schedule": "exp", "gamma": 0.9,
-              "batch_size": 32, "epochs": 60, "norm": "imagenet", "drop_last": False}
+    recipe = {**CE.recipe, "batch_size": 32}
 
     def __init__(self, lam: float = 5.0, views: str = "noisy", **options):
         super().__init__(**options)

@@ -211,7 +211,7 @@ class POI(Method):
     name = "poi"
     summary = "a facial-region / action-unit prior network gives soft labels; an uncertainty module weighs them"
     paper = "Prior-based Objective Inference, arXiv 2411.13024 (realised from the abstract; code never released)"
-    recipe = dict(CE.recipe)
+    recipe = CE.recipe
 
     def __init__(self, warmup: int = 5, lam: float = 0.5, dml: float = 1.0, pin_encoders: str = "separate",
                  conf_input: str = "all", **options):

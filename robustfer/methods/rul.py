@@ -92,8 +92,7 @@ class RUL(Method):
     summary = "mean / uncertainty heads; pairs mixed by relative uncertainty, add-up loss; SCN's relabelling"
     paper = "Relative Uncertainty Learning, NeurIPS 2021 (zyh-uaiaaaa/Relative-Uncertainty-Learning)"
     # backbone + heads 2e-4, FC 2e-3 (param_groups: head_lr_mult 10)
-    recipe = {"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-4, "schedule": "exp", "gamma": 0.9,
-              "batch_size": 64, "epochs": 60, "norm": "imagenet", "drop_last": False}
+    recipe = CE.recipe
 
     def __init__(self, warmup: int = 9, margin_2: float = 0.2, relabel: bool = True, fc_lr_mult: float = 10.0,
                  **options):

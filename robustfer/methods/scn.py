@@ -91,8 +91,7 @@ class SCN(Method):
     name = "scn"
     summary = "importance weights on the logits + rank regularisation; relabels confidently contradicted labels"
     paper = "Self-Cure Network, CVPR 2020 (kaiwang960112/Self-Cure-Network)"
-    recipe = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "exp", "gamma": 0.9,
-              "batch_size": 64, "epochs": 70, "norm": "imagenet", "drop_last": False}
+    recipe = {**CE.recipe, "lr": 1e-3, "epochs": 70}  # torch Adam default lr; 70 epochs
 
     def __init__(self, margin_1: float = 0.07, margin_2: float = 0.2, ratio: float = 0.7, warmup: int = 9,
                  relabel: bool = True, **options):
