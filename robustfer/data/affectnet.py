@@ -12,16 +12,14 @@ is then memory-mapped like every other reader's.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from robustfer.data.base import FERData, check_header
-from robustfer.data.cache import cached_array, decode_image, default_cache_dir, file_key
+from robustfer.data.base import FERData, Rows, csv_rows, header_columns, parse_int, parse_number
+from robustfer.data.cache import cached_array, decode_all, decode_image, default_cache_dir, file_key
 from robustfer.data.classes import AFFECTNET
 from robustfer.errors import RobustferError
 
@@ -36,62 +34,62 @@ Box = tuple[int, int, int, int]
 
 def read_list(path: Path, num_classes: int) -> tuple[list[str], list[Box | None], list[int], str]:
     """Stream one csv list -> kept image paths, face boxes (None = whole image), labels, and a digest of
-    the kept (path, box) pairs, which is what the decoded array depends on."""
+    the kept (path, box) pairs, which is what the decoded array depends on. Columns are found by the
+    header's names (any order; extra columns ignored). An exact repeat of a row is read once (a stderr
+    line), the same image with another box or label is an error."""
     if not path.is_file():
         raise RobustferError(
             f"missing {path}: --root must be the AffectNet folder holding Manually_Annotated_file_lists/"
             "training.csv and validation.csv and Manually_Annotated_Images/, as shipped")
     names, boxes, labels = [], [], []
     digest = hashlib.sha256()
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        check_header(reader, path, HEADER, "use the csv as AffectNet ships it")
-        for row in reader:
-            n = reader.line_num
-            if not row:
-                continue
-            if len(row) != len(HEADER):
-                raise RobustferError(
-                    f"{path} line {n}: expected {len(HEADER)} columns ({','.join(HEADER)}), found {len(row)}; "
-                    "use the csv as AffectNet ships it")
-            try:
-                expr = int(row[6])
-            except ValueError:
-                raise RobustferError(f"{path} line {n}: expression {row[6]!r} is not an integer 0..10; fix the row") from None
-            if expr in DROPPED or num_classes <= expr < len(AFFECTNET):
-                continue
-            if not 0 <= expr < len(AFFECTNET):
-                raise RobustferError(
-                    f"{path} line {n}: unknown class id {expr}; AffectNet ids are 0..7 "
-                    f"({', '.join(AFFECTNET)}) and 8..10 (dropped); fix the row")
-            fields = [v.strip() for v in row[1:5]]
-            box = None
-            if all(fields):
-                try:
-                    box = tuple(int(round(float(v))) for v in fields)
-                except ValueError:
-                    raise RobustferError(f"{path} line {n}: face box {fields} is not numeric; fix the row") from None
-                if box[2] <= 0 or box[3] <= 0:
-                    raise RobustferError(f"{path} line {n}: face box {fields} has no area; fix the row or empty the box")
-            names.append(row[0].strip())
-            boxes.append(box)
-            labels.append(expr)
-            digest.update(f"{names[-1]}\0{box}\n".encode())
+    fix = "use the csv as AffectNet ships it"
+    rows = csv_rows(path)
+    col, width = header_columns(rows, path, HEADER, fix)
+    seen = Rows(path)
+    for n, row in rows:
+        if len(row) != width:
+            raise RobustferError(
+                f"{path} line {n}: expected {width} columns like the header ({','.join(HEADER)}), found {len(row)}; {fix}")
+        expr = parse_int(row[col["expression"]])
+        if expr is None:
+            raise RobustferError(
+                f"{path} line {n}: expression {row[col['expression']]!r} is not an integer 0..10; fix the row")
+        if not 0 <= expr <= max(DROPPED):
+            raise RobustferError(
+                f"{path} line {n}: unknown class id {expr}; AffectNet ids are 0..7 "
+                f"({', '.join(AFFECTNET)}) and 8..10 (dropped); fix the row")
+        name = row[col["subDirectory_filePath"]].strip()
+        if not name:
+            raise RobustferError(f"{path} line {n}: subDirectory_filePath is empty; fix the row")
+        if expr in DROPPED or expr >= num_classes:  # read as shipped, whatever its box holds
+            seen.add(name, (None, expr), n)
+            continue
+        fields = [row[col[k]].strip() for k in ("face_x", "face_y", "face_width", "face_height")]
+        box = None
+        if any(fields):
+            values = [parse_number(v) for v in fields]
+            if None in values:
+                raise RobustferError(f"{path} line {n}: face box {fields} is not numeric; fix the row or empty all four cells")
+            box = tuple(int(round(v)) for v in values)
+            if box[2] <= 0 or box[3] <= 0:
+                raise RobustferError(f"{path} line {n}: face box {fields} has no area; fix the row or empty the box")
+        if not seen.add(name, (box, expr), n):
+            continue
+        names.append(name)
+        boxes.append(box)
+        labels.append(expr)
+        digest.update(f"{names[-1]}\0{box}\n".encode())
+    seen.warn()
     return names, boxes, labels, digest.hexdigest()
 
 def decode_crops(paths: list[Path], boxes: list[Box | None], size: int, channels: int, source: Path,
                  out: np.ndarray) -> np.ndarray:
-    """Decode every crop into `out` (threads: PIL releases the GIL); the first error stops the rest."""
+    """Decode every crop into `out` (threads; every error counted, the first named: cache.decode_all)."""
     def work(i: int) -> None:
         out[i] = decode_image(paths[i], size, channels, boxes[i], source)
 
-    pool = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2))
-    try:
-        list(pool.map(work, range(len(paths))))
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
+    decode_all(work, len(paths))
     return out
 
 def load_affectnet(root: Path, split: str = "train", size: int = 112, channels: int = 3,

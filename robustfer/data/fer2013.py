@@ -6,7 +6,6 @@ of the csv's bytes.
 """
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +13,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from robustfer.data.base import FERData, check_header
+from robustfer.data.base import FERData, csv_rows, header_columns, parse_int
 from robustfer.data.cache import cached_array, file_key
 from robustfer.data.classes import FER2013
 from robustfer.errors import RobustferError
@@ -27,20 +26,16 @@ SIDE = 48
 
 
 def _rows(path: Path) -> Iterator[tuple[int, int, str, str, str]]:
-    """Yield (line number, data row index, emotion, pixels, usage) for every row, checking the header."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        check_header(reader, path, HEADER, "use the fer2013.csv Kaggle ships")
-        i = 0
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(HEADER):
-                raise RobustferError(
-                    f"{path} line {reader.line_num}: expected 3 columns (emotion,pixels,Usage), found {len(row)}; "
-                    "use the fer2013.csv Kaggle ships")
-            yield reader.line_num, i, row[0].strip(), row[1], row[2].strip()
-            i += 1
+    """Yield (line number, data row index, emotion, pixels, usage) for every row; columns are found by the
+    header's names (any order, e.g. icml_face_data.csv's 'emotion, Usage, pixels'; extra columns ignored)."""
+    rows = csv_rows(path)
+    col, width = header_columns(rows, path, HEADER, "use the fer2013.csv Kaggle ships")
+    for i, (n, row) in enumerate(rows):
+        if len(row) != width:
+            raise RobustferError(
+                f"{path} line {n}: expected {width} columns like the header (emotion,pixels,Usage), found {len(row)}; "
+                "use the fer2013.csv Kaggle ships")
+        yield n, i, row[col["emotion"]].strip(), row[col["pixels"]], row[col["Usage"]].strip()
 
 
 def read_labels(path: Path, split: str) -> tuple[list[int], list[int]]:
@@ -54,10 +49,9 @@ def read_labels(path: Path, split: str) -> tuple[list[int], list[int]]:
         if usage not in USAGE:
             raise RobustferError(
                 f"{path} line {n}: unknown Usage {usage!r}; expected one of {', '.join(USAGE)}; fix the row")
-        try:
-            e = int(emotion)
-        except ValueError:
-            raise RobustferError(f"{path} line {n}: emotion {emotion!r} is not an integer 0..6; fix the row") from None
+        e = parse_int(emotion)
+        if e is None:
+            raise RobustferError(f"{path} line {n}: emotion {emotion!r} is not an integer 0..6; fix the row")
         if not 0 <= e < len(FER2013):
             raise RobustferError(
                 f"{path} line {n}: unknown class id {e}; FER2013 ids are 0..6 ({', '.join(FER2013)}); fix the row")

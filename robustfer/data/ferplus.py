@@ -9,13 +9,14 @@ are dropped, as in the reference reader. The raw 10 votes per kept image are kep
 """
 from __future__ import annotations
 
-import csv
+import math
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from robustfer.data.base import FERData
+from robustfer.data.base import FERData, Rows, csv_rows, parse_number
 from robustfer.data.cache import cached_array, decode_files, file_key
 from robustfer.data.classes import FERPLUS
 from robustfer.errors import RobustferError
@@ -73,26 +74,40 @@ def process_votes(raw: list[float], mode: str) -> list[float]:
     return [e / s for e in emotion]
 
 
-def read_label_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """Rows of one split's label.csv -> image names and an N x 10 vote array."""
+BOX = re.compile(r"\(\s*-?\d+\s*,\s*-?\d+\s*,\s*-?\d+\s*,\s*-?\d+\s*\)")
+
+
+def read_label_csv(path: Path, warn: bool = True) -> tuple[list[str], np.ndarray]:
+    """Rows of one split's label.csv -> image names and an N x 10 vote array. Votes are annotator counts
+    (finite, >= 0); an exact repeat of a row is read once (a stderr line when `warn`), the same image with
+    other votes is an error."""
     if not path.is_file():
         raise RobustferError(
             f"missing {path}: --root must be the FERPlus folder holding FER2013Train/Valid/Test, each with "
             "its label.csv (made by microsoft/FERPlus generate_training_data.py)")
     names, votes = [], []
-    with open(path, newline="") as f:
-        for n, row in enumerate(csv.reader(f), start=1):
-            if not row:
-                continue
-            if len(row) != 12:
-                raise RobustferError(
-                    f"{path} line {n}: expected 12 columns (image, face box, 10 votes), found {len(row)}; "
-                    "use the label.csv written by microsoft/FERPlus")
-            try:
-                votes.append([float(v) for v in row[2:]])
-            except ValueError:
-                raise RobustferError(f"{path} line {n}: vote columns must be numbers, got {row[2:]}") from None
-            names.append(row[0])
+    rows = Rows(path)
+    fix = "use the label.csv written by microsoft/FERPlus"
+    for n, row in csv_rows(path):
+        if len(row) != 12:
+            raise RobustferError(
+                f"{path} line {n}: expected 12 columns (image, face box, 10 votes), found {len(row)}; {fix}")
+        name = row[0].strip()
+        if not name:
+            raise RobustferError(f"{path} line {n}: the image name (column 1) is empty; fix the line")
+        if not BOX.fullmatch(row[1].strip()):
+            raise RobustferError(f"{path} line {n}: column 2 is {row[1]!r}, expected the face box \"(x, y, w, h)\" "
+                                 f"after the image name; {fix}")
+        v = [parse_number(c) for c in row[2:]]
+        if None in v:
+            raise RobustferError(f"{path} line {n}: vote columns must be numbers, got {row[2:]}")
+        if not all(math.isfinite(x) and x >= 0 for x in v):
+            raise RobustferError(f"{path} line {n}: votes must be annotator counts >= 0, got {row[2:]}; fix the line")
+        if rows.add(name, v, n):
+            names.append(name)
+            votes.append(v)
+    if warn:
+        rows.warn()
     return names, np.asarray(votes, dtype=np.float32).reshape(-1, 10)
 
 
@@ -109,6 +124,8 @@ def load_ferplus(root: Path, split: str = "train", label_mode: str = "majority",
         label_path = root / folder / "label.csv"
         names, votes = read_label_csv(label_path)
         label_files.append(label_path)
+        if not names:
+            raise RobustferError(f"{label_path} has no rows: use the label.csv written by microsoft/FERPlus")
         for name, v in zip(names, votes):
             dist = process_votes(v.tolist(), label_mode)
             if int(np.argmax(dist)) < len(FERPLUS):  # not unknown or not-a-face
@@ -116,6 +133,9 @@ def load_ferplus(root: Path, split: str = "train", label_mode: str = "majority",
                 soft.append(d / d.sum())
                 files.append(f"{folder}/{name}")
                 all_votes.append(v)
+    if not files:
+        raise RobustferError(f"{', '.join(str(p) for p in label_files)}: no image of split {split!r} has a "
+                             f"{label_mode} label (all are unknown or not-a-face); use another --label-mode")
     paths = [root / f for f in files]
     key = file_key(paths, f"ferplus|{split}|{size}|{channels}", content=label_files)
     images = cached_array(key, f"ferplus-{split}", lambda: decode_files(paths, size, channels), cache_dir)

@@ -6,7 +6,8 @@ The class list is the sorted canonical names of the class folders (in the split 
 split folder and the usual split folders beside it, train/val/valid/validation/test..., together, so
 train and test share one list even when a split lacks a class), unless `classes` is given; then a folder
 name outside it is an error. Only the image files directly inside a class folder are read, sorted by
-path; other files and hidden folders ('.x', '__MACOSX') are ignored.
+path; other files, hidden files ('._a.jpg', macOS's resource forks) and hidden folders ('.x', '__MACOSX') are
+ignored. A broken or looping symlink where a class folder or image belongs is an error naming it.
 """
 from __future__ import annotations
 
@@ -23,8 +24,37 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
 SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 
 
+def _check_link(p: Path) -> None:
+    """A broken or looping symlink where a class folder or an image belongs is an error naming it (is_dir and
+    is_file would call it neither, and its images would silently be missing)."""
+    if p.is_symlink() and not p.exists():
+        try:
+            p.stat()
+            why = "it cannot be followed"
+        except OSError as e:
+            why = e.strerror
+        raise RobustferError(f"broken symlink {p} ({why}): point it at the real folder or file, or delete it")
+
+
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    out = []
+    for p in folder.iterdir():
+        if not p.name.startswith((".", "__")):
+            _check_link(p)
+            if p.is_dir():
+                out.append(p)
+    return sorted(out)
+
+
+def _images(folder: Path) -> list[Path]:
+    """The image files directly inside a class folder, sorted."""
+    out = []
+    for p in folder.iterdir():
+        if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."):
+            _check_link(p)
+            if p.is_file():
+                out.append(p)
+    return sorted(out)
 
 
 def _class_folders(folder: Path) -> dict[str, Path]:
@@ -92,7 +122,7 @@ def load_folder(root: Path, split: str = "train", size: int = 48, channels: int 
     lookup = {c: i for i, c in enumerate(class_list)}
     files, labels = [], []
     for c in sorted(folders):
-        imgs = sorted(p for p in folders[c].iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        imgs = _images(folders[c])
         files += [p.relative_to(root).as_posix() for p in imgs]
         labels += [lookup[c]] * len(imgs)
     if not files:
@@ -101,7 +131,7 @@ def load_folder(root: Path, split: str = "train", size: int = 48, channels: int 
     files, labels = [files[i] for i in order], [labels[i] for i in order]
     paths = [root / f for f in files]
     key = file_key(paths, f"folder|{size}|{channels}")
-    images = cached_array(key, f"folder-{split}", lambda: decode_files(paths, size, channels), cache_dir)
+    images = cached_array(key, f"folder-{split}", lambda: decode_files(paths, size, channels, source=None), cache_dir)
     return FERData(
         name="folder", split=split, classes=class_list, images=images,
         labels=np.asarray(labels, dtype=np.int64), files=files, extra={"layout": layout},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustfer.data.base import FERData
+from robustfer.data.base import FERData, Rows, parse_int, text_lines
 from robustfer.data.cache import cached_array, decode_files, file_key
 from robustfer.data.classes import RAFDB
 from robustfer.errors import RobustferError
@@ -19,36 +19,38 @@ IMAGE_DIR = Path("Image") / "aligned"
 
 
 def read_label_file(path: Path) -> list[tuple[int, str, str, int]]:
-    """Rows of list_patition_label.txt -> (line, split, image name, class index 0..6)."""
+    """Rows of list_patition_label.txt -> (line, split, image name, class index 0..6); an exact repeat of a
+    line is read once (with a stderr line), the same image with another label is an error."""
     if not path.is_file():
         raise RobustferError(
             f"missing {path}: --root must be the RAF-DB basic folder holding EmoLabel/list_patition_label.txt "
             "and Image/aligned/, as the RAF-DB authors ship it")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise RobustferError(
-                    f"{path} line {n}: expected 'image label' (e.g. 'train_00001.jpg 5'), found {line.strip()!r}; "
-                    "use the label file the RAF-DB authors ship")
-            name, label = parts
-            try:
-                label_id = int(label)
-            except ValueError:
-                raise RobustferError(f"{path} line {n}: label {label!r} is not a number 1..7; fix the line") from None
-            if not 1 <= label_id <= len(RAFDB):
-                raise RobustferError(
-                    f"{path} line {n}: unknown class id {label_id}; RAF-DB basic ids are 1..7 "
-                    f"({', '.join(RAFDB)}); fix the line")
-            split = name.split("_", 1)[0]
-            if split not in SPLITS:
-                raise RobustferError(
-                    f"{path} line {n}: image {name!r} starts with neither 'train_' nor 'test_'; "
-                    "fix the line or remove it")
+    seen = Rows(path)
+    for n, line in enumerate(text_lines(path), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise RobustferError(
+                f"{path} line {n}: expected 'image label' (e.g. 'train_00001.jpg 5'), found {line.strip()!r}; "
+                "use the label file the RAF-DB authors ship")
+        name, label = parts
+        label_id = parse_int(label)
+        if label_id is None:
+            raise RobustferError(f"{path} line {n}: label {label!r} is not a number 1..7; fix the line")
+        if not 1 <= label_id <= len(RAFDB):
+            raise RobustferError(
+                f"{path} line {n}: unknown class id {label_id}; RAF-DB basic ids are 1..7 "
+                f"({', '.join(RAFDB)}); fix the line")
+        split = name.split("_", 1)[0]
+        if split not in SPLITS:
+            raise RobustferError(
+                f"{path} line {n}: image {name!r} starts with neither 'train_' nor 'test_'; "
+                "fix the line or remove it")
+        if seen.add(name, label_id, n):
             rows.append((n, split, name, label_id - 1))
+    seen.warn()
     return rows
 
 

@@ -35,7 +35,7 @@ def summarize_dataset(name: str, root: str | Path, splits: tuple[str, ...] | Non
         d = load_dataset(name, root, split, **kw)
         entry = {"images": len(d), "per_class": dict(zip(d.classes, map(int, d.class_counts())))}
         if name == "ferplus":
-            rows = sum(len(read_label_csv(Path(root) / f / "label.csv")[0]) for f in FERPLUS_SPLITS[split])
+            rows = sum(len(read_label_csv(Path(root) / f / "label.csv", warn=False)[0]) for f in FERPLUS_SPLITS[split])
             entry["votes"] = vote_statistics(d.votes, rows)
         out[split] = entry
     return out
