@@ -143,12 +143,21 @@ def test_cutout_sizes_and_fills():
     assert int(((small - 1).abs() > 1e-6).sum((1, 2, 3)).max()) == 9  # 3 x 3 at 48 px
 
 
-def test_base_views_padding():
-    x = torch.ones(64, 1, 48, 48)
-    g = torch.Generator().manual_seed(0)
-    nc = R.base_view(x, g, R.NCCTFER)
-    assert nc.min() == 0 and ((nc == 0).sum((1, 2, 3)) <= 2 * 48 + 1).all()   # 1-px zero border at 48 px
-    assert torch.equal(R.base_view(x, g, R.DNFER), x)                          # reflect padding
+@pytest.mark.parametrize("policy,mode", [(R.NCCTFER, "constant"), (R.DNFER, "reflect")], ids=["ncctfer", "dnfer"])
+def test_base_views_padding(policy, mode):
+    # a textured image (every row and column different), so zero, reflect and replicate padding all differ:
+    # each view must be one of the 3 x 3 crops (1-px padding at 48 px) of the image padded the policy's way,
+    # mirrored or not, and every offset must occur
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randint(0, 256, (1, 1, 48, 48), generator=g) / 255).expand(200, -1, -1, -1).contiguous()
+    out = R.base_view(x, torch.Generator().manual_seed(0), policy)
+    padded = torch.nn.functional.pad(x[:1], (1, 1, 1, 1), mode=mode)
+    crops = {(dy, dx, flip): (lambda c: c.flip(-1) if flip else c)(padded[0, :, dy:dy + 48, dx:dx + 48])
+             for dy in range(3) for dx in range(3) for flip in (False, True)}
+    found = [next((k for k, c in crops.items() if torch.equal(v, c)), None) for v in out]
+    assert None not in found
+    assert {k[:2] for k in found} == {(dy, dx) for dy in range(3) for dx in range(3)}
+    assert {k[2] for k in found} == {False, True}
 
 
 def test_rand_augment_keeps_range_and_shape():

@@ -1,5 +1,7 @@
 """DNFER (methods.md §2): batch thresholds on clamp(p, 1e-8, 1-1e-8), MEAN CE on confident samples,
-base-2 symmetric KL (both directions, no 1/2), alpha 0.5, warm-up, lr groups, and a smoke run."""
+base-2 symmetric KL (both directions, no 1/2), alpha 0.5, warm-up, lr groups, the trainer's schedule, the
+views of DNFER's own policy, and noise detection on a separable toy problem."""
+import json
 import math
 
 import numpy as np
@@ -7,11 +9,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from robustfer.methods import Batch, State, ViewSpec, create_method
+from robustfer import randaugment as R
+from robustfer.methods import Batch, State, create_method
 from robustfer.methods.dnfer import clamped_probs, confident_mask, supervised_loss, symmetric_kl2
-from robustfer.train import TrainConfig
+from robustfer.train import TrainConfig, train
 from robustfer.train.config import resolve
+from view_checks import SPEC, grey_levels, has_block, reference_views, textured
 
 
 class Tiny(nn.Module):
@@ -111,7 +116,7 @@ def test_warmup_is_mean_ce_on_both_views():
     assert not stats["flagged_noisy"].any()
 
 
-def test_param_groups_schedule_and_views():
+def test_param_groups_and_recipe():
     method = create_method("dnfer")
     model = method.build(Tiny(), 8)
     groups = method.param_groups(model, 1e-3)
@@ -120,19 +125,44 @@ def test_param_groups_schedule_and_views():
     cfg = resolve(TrainConfig(dataset="ferplus", root="", out="", method="dnfer", model="resnet18"), method.recipe)
     assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.gamma, cfg.batch_size, cfg.epochs, cfg.drop_last) == \
         ("adam", 1e-3, "exp", 0.95, 128, 40, True)
-    opt = torch.optim.Adam(groups, lr=1e-3)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, cfg.gamma)
-    lrs = []
-    for _ in range(3):
-        lrs.append([g["lr"] for g in opt.param_groups])
-        opt.step()
-        sched.step()
-    assert lrs[0] == [1e-3, pytest.approx(1e-2)] and lrs[2][1] == pytest.approx(1e-2 * 0.95 ** 2)
-    x = torch.randint(0, 256, (6, 1, 48, 48), dtype=torch.uint8)
-    spec = ViewSpec(size=48, channels=1)
-    a = method.make_views(x, torch.Generator().manual_seed(0), spec)
-    b = method.make_views(x, torch.Generator().manual_seed(0), spec)
-    assert set(a) == {"weak", "strong"} and torch.equal(a["strong"], b["strong"])
+
+
+def test_trainer_runs_lr_0_times_0_95_to_the_epoch(tmp_path, band_faces):
+    """The recipe's lr_e = lr_0 * 0.95^e as the TRAINER runs it: every optimiser step of epoch e (2 a epoch:
+    256 toy images, batch 128, drop_last) at backbone 1e-3 * 0.95^e and classifier 1e-2 * 0.95^e; epoch 0 at
+    lr_0 (no step before it), one step per epoch (not per batch); metrics.jsonl logs the epoch's lr."""
+    seen = []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups]))
+    try:
+        train(TrainConfig(dataset="folder", root=str(band_faces), out=str(tmp_path / "r"), method="dnfer", epochs=3,
+                          input_size=16, select_split="test", threads=1), quiet=True)
+    finally:
+        hook.remove()
+    want = [[1e-3 * 0.95 ** e, 1e-2 * 0.95 ** e] for e in range(3) for _ in range(2)]
+    assert len(seen) == len(want)
+    for got, w in zip(seen, want):
+        assert got == pytest.approx(w, rel=1e-9)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3 * 0.95, 1e-3 * 0.95 ** 2], rel=1e-9)
+
+
+def test_views_follow_the_dnfer_policy():
+    """methods.md views table, DNFER column: weak = REFLECT-padded crop + flip; strong = its own crop and flip
+    + RandomAugment(2, 10) (fixed level 10, grey 128 fill), not NCCTFER's RandAugmentMC + Cutout grey 128."""
+    method = create_method("dnfer")
+    x = textured()
+    views = method.make_views(x, torch.Generator().manual_seed(0), SPEC)
+    assert set(views) == {"weak", "strong"} and views["strong"].shape == (200, 1, 48, 48)
+    weak, strong = reference_views(x, 0, R.DNFER)
+    assert torch.equal(views["weak"], weak) and torch.equal(views["strong"], strong)
+    assert not torch.equal(views["strong"], reference_views(x, 0, R.NCCTFER)[1])
+    # the policy's marks in the pixels: a grey-128 Cutout in every strong view, never NCCTFER's 127 ...
+    levels = grey_levels(views["strong"])
+    assert has_block(levels, 128).all() and not has_block(levels, 127).any()
+    # ... and no zero fill in the weak view (reflect padding; NCCTFER pads with zeros)
+    bright = torch.full((64, 1, 48, 48), 200, dtype=torch.uint8)
+    weak_levels = grey_levels(method.make_views(bright, torch.Generator().manual_seed(1), SPEC)["weak"])
+    assert weak_levels.unique().tolist() == [200.0]
 
 
 def test_smoke_train_reports_noise_detection(smoke_noise_detection):

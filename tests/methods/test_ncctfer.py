@@ -6,9 +6,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustfer.methods import Batch, State, ViewSpec, create_method
+from robustfer import randaugment as R
+from robustfer.methods import Batch, State, create_method
 from robustfer.methods.ncctfer import (class_thresholds, clamped_probs, confident_mask, negative_loss, negative_mask,
                                        positive_loss)
+from view_checks import SPEC, grey_levels, has_block, reference_views, textured
 
 
 class Tiny(nn.Module):
@@ -43,6 +45,45 @@ def test_ties_at_the_clamp_count_as_confident():
     z = _probs_logits([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.1, 0.3], [0.34, 0.33, 0.33]])
     conf = confident_mask(clamped_probs(z), torch.tensor([2, 2, 2, 2]))
     assert bool(conf.all())
+
+
+def _near_tie(gap):
+    """Label-0 probabilities of 4 samples, all labelled 0: sample 0 at 0.5, three at s, so tau_0 = 0.5 + gap."""
+    s = 0.5 + 4 * gap / 3
+    return torch.tensor([[0.5, 0.5]] + [[s, 1 - s]] * 3)
+
+
+@pytest.mark.parametrize("gap,tie", [(5e-7, True), (9e-7, True), (1.2e-6, False), (3e-6, False)])
+def test_tolerance_is_1e_6(gap, tie):
+    # p~_y >= tau_y - 1e-6: below the threshold by less than 1e-6 is a tie (confident), by more it is not
+    p, y = _near_tie(gap), torch.zeros(4, dtype=torch.long)
+    realised = (p[:, 0].mean() - p[0, 0]).item()
+    assert realised == pytest.approx(gap, abs=1e-7)                 # float32 keeps the intended gap
+    assert confident_mask(p, y).tolist() == [tie, True, True, True]
+
+
+class _Identity(nn.Module):
+    """A 'backbone' whose feature is its input: with h_p = h_n = identity the views ARE the logits."""
+    feature_dim = 2
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("gap,tie", [(5e-7, True), (3e-6, False)])
+def test_loss_selection_uses_the_tolerance(gap, tie):
+    method = create_method("ncctfer", k=1)
+    model = method.build(_Identity(), 2)
+    with torch.no_grad():
+        for head in (model.fc, model.neg):
+            head.weight.copy_(torch.eye(2))
+            head.bias.zero_()
+    z = _near_tie(gap).log()
+    p = clamped_probs(z)
+    assert abs((p[:, 0].mean() - p[0, 0]).item() - gap) < 2e-7       # softmax(log p) keeps the gap
+    batch = Batch(views={"weak": z, "strong": z.clone()}, labels=torch.zeros(4, dtype=torch.long), index=torch.arange(4))
+    _, stats = method.loss_terms(model, batch, State(epoch=4, epochs=10))
+    assert stats["flagged_noisy"].tolist() == [not tie, False, False, False]
 
 
 def test_below_threshold_sample_is_excluded_from_the_sum():
@@ -158,7 +199,7 @@ def test_warmup_is_mean_ce_on_both_views():
     assert not stats["flagged_noisy"].any()
 
 
-def test_param_groups_recipe_and_views():
+def test_param_groups_and_recipe():
     method = create_method("ncctfer")
     model = method.build(Tiny(), 8)
     groups = method.param_groups(model, 1e-4)
@@ -167,12 +208,25 @@ def test_param_groups_recipe_and_views():
     r = method.recipe
     assert (r["optimizer"], r["lr"], r["schedule"], r["batch_size"], r["epochs"], r["drop_last"]) == \
         ("adam", 1e-4, "constant", 128, 40, True)
-    x = torch.randint(0, 256, (6, 1, 48, 48), dtype=torch.uint8)
-    spec = ViewSpec(size=48, channels=1)
-    a = method.make_views(x, torch.Generator().manual_seed(0), spec)
-    b = method.make_views(x, torch.Generator().manual_seed(0), spec)
-    assert set(a) == {"weak", "strong"} and a["weak"].shape == (6, 1, 48, 48)
-    assert torch.equal(a["strong"], b["strong"]) and not torch.equal(a["weak"], a["strong"])
+
+
+def test_views_follow_the_ncctfer_policy():
+    """methods.md views table, NCCTFER column: weak = RandomCrop(zero padding) + flip; strong = its own crop
+    and flip + FixMatch RandAugmentMC (random v 1..9, black fill), not DNFER's RandomAugment + Cutout grey 127."""
+    method = create_method("ncctfer")
+    x = textured()
+    views = method.make_views(x, torch.Generator().manual_seed(0), SPEC)
+    assert set(views) == {"weak", "strong"} and views["weak"].shape == (200, 1, 48, 48)
+    weak, strong = reference_views(x, 0, R.NCCTFER)
+    assert torch.equal(views["weak"], weak) and torch.equal(views["strong"], strong)
+    assert not torch.equal(views["strong"], reference_views(x, 0, R.DNFER)[1])
+    # the policy's marks in the pixels: a grey-127 Cutout in every strong view, never DNFER's 128 ...
+    levels = grey_levels(views["strong"])
+    assert has_block(levels, 127).all() and not has_block(levels, 128).any()
+    # ... and zero fill at the shifted borders of the weak view (DNFER reflects)
+    bright = torch.full((64, 1, 48, 48), 200, dtype=torch.uint8)
+    weak_levels = grey_levels(method.make_views(bright, torch.Generator().manual_seed(1), SPEC)["weak"])
+    assert sorted(weak_levels.unique().tolist()) == [0.0, 200.0]
 
 
 def test_smoke_train_reports_noise_detection(smoke_noise_detection):
