@@ -103,9 +103,11 @@ def cmd_train(args) -> None:
     from robustfer.train import TrainConfig, train
 
     if args.resume:
-        summary = train(TrainConfig(dataset="", root="", out=args.out), resume=True, quiet=args.quiet)
+        summary = train(TrainConfig(dataset="", root="", out=args.out), resume=True, quiet=args.quiet,
+                        detect_anomaly=args.detect_anomaly)
     else:
-        summary = train(config_from_args(args), quiet=args.quiet, auto_resume=args.auto_resume)
+        summary = train(config_from_args(args), quiet=args.quiet, auto_resume=args.auto_resume,
+                        detect_anomaly=args.detect_anomaly)
     if summary:
         print(f"last epoch: accuracy {summary['last']['accuracy']:.4f}, mean-class {summary['last']['mean_class_accuracy']:.4f}; "
               f"best on {summary.get('selected_on', 'test')} (epoch {summary['best']['epoch']} of 0-{summary['epochs'] - 1}, as in metrics.jsonl): "
@@ -325,13 +327,14 @@ def cmd_pretrain(args) -> None:
     from robustfer.pretrain import PretrainConfig, pretrain
 
     if args.resume:
-        s = pretrain(PretrainConfig(dataset="", root="", out=args.out), resume=True, quiet=args.quiet)
+        s = pretrain(PretrainConfig(dataset="", root="", out=args.out), resume=True, quiet=args.quiet,
+                     detect_anomaly=args.detect_anomaly)
     else:
         for name in ("dataset", "root", "objective"):
             if getattr(args, name) is None:
                 raise RobustferError(f"pretrain needs --{name} (or --resume to continue the run in --out)")
         cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig) if hasattr(args, f.name)})
-        s = pretrain(cfg, quiet=args.quiet, auto_resume=args.auto_resume)
+        s = pretrain(cfg, quiet=args.quiet, auto_resume=args.auto_resume, detect_anomaly=args.detect_anomaly)
     if s:
         print(f"{s['objective']} on {s['model']}: {s['train_images']} images, {s['epochs']} epochs, loss "
               f"{s['loss_first']:.4f} -> {s['loss_last']:.4f}; {s['wall_s']:.0f} s; start training from it with "
@@ -375,6 +378,8 @@ def _pretrain_parser(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     s.add_argument("--auto-resume", action="store_true", help="idempotent: skip a finished run with these settings, "
                    "continue an interrupted one, else start (bench's [pretrain] stage)")
+    s.add_argument("--detect-anomaly", action="store_true", help="debugging a NaN/inf: autograd's anomaly mode "
+                   "names the operation that made it (slower: debugging only; works with --resume)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     s.set_defaults(func=cmd_pretrain)
 
@@ -446,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     s.add_argument("--auto-resume", action="store_true", help="idempotent: skip a finished run with these settings, "
                    "continue an interrupted one, else start (what bench's commands.txt uses)")
+    s.add_argument("--detect-anomaly", action="store_true", help="debugging a NaN/inf: autograd's anomaly mode "
+                   "names the operation that made it (slower: debugging only; works with --resume)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     s.set_defaults(func=cmd_train)
 

@@ -2,9 +2,9 @@
 per-step warm-up + cosine schedule, and the trainer's atomic checkpoints, exact resume and progress bar.
 
 Run folder: config.json, train_images.txt (what bench's disjointness check reads), metrics.jsonl (epoch,
-loss, lr, images_per_s, the objective's figures such as SimSiam's feature_std), last.pt (the BACKBONE's
-state_dict under "model", which `train --init RUN/last.pt` loads, plus everything a resume needs) and,
-once all epochs are done, summary.json.
+loss, lr, images_per_s, grad_norm_mean / grad_norm_max, the objective's figures such as SimSiam's
+feature_std), last.pt (the BACKBONE's state_dict under "model", which `train --init RUN/last.pt` loads, plus
+everything a resume needs) and, once all epochs are done, summary.json.
 """
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ import torch
 
 import robustfer
 from robustfer.data import load_dataset
-from robustfer.errors import RobustferError, check_finite_loss
+from robustfer.errors import RobustferError
 from robustfer.methods.base import ViewSpec
 from robustfer.models import DEFAULT_MODEL, create_backbone, model_defaults, model_entry
 from robustfer.pretrain import create_objective, objective_class
 from robustfer.train.checkpoint import save_atomic
 from robustfer.train.config import SavedConfig
 from robustfer.train.progress import EpochProgress
-from robustfer.train.trainer import _truncate_metrics, open_run_folder, resolve_device, resolve_precision
+from robustfer.train.trainer import (_truncate_metrics, anomaly_mode, backward_checked, grad_norm_figures, open_run_folder,
+                                     resolve_device, resolve_precision)
 
 DEFAULT_MODELS = {"mae": "vit_s"}  # else the default CNN
 OBJECTIVE_OPTIONS = ("mask_ratio", "decoder_depth", "decoder_dim", "decoder_heads", "proj_dim", "pred_dim")
@@ -141,6 +142,7 @@ class PretrainRun:
             self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
         else:
             self.opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        self.params = [p for g in self.opt.param_groups for p in g["params"]]  # whose gradient norm is logged
         n = len(self.images)
         self.batch_size = bs = min(cfg.batch_size, n)
         self.steps_per_epoch = n // bs  # the last partial batch is dropped (BatchNorm on a tiny batch)
@@ -176,14 +178,13 @@ class PretrainRun:
         dev, bs = self.device, self.batch_size
         self.objective.train()
         perm = torch.randperm(len(self.images), generator=self.g, device=dev)
-        total, seen, sums, t0 = 0.0, 0, {}, time.perf_counter()
+        total, seen, sums, norms, t0 = 0.0, 0, {}, [], time.perf_counter()
         for b in range(self.steps_per_epoch):
             x = self.images[perm[b * bs:(b + 1) * bs]]
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 loss, stats = self.objective.loss(x, self.g)  # images and the generator: nothing else
-            check_finite_loss(loss, self.cfg.objective, self.epoch, b, self.cfg.lr, self.cfg.out)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            norms.append(backward_checked(loss, self.params, self.cfg.objective, self.epoch, b, self.cfg.lr, self.cfg.out))
             lr = self.opt.param_groups[0]["lr"]  # the rate this step used (the last step's is logged)
             self.opt.step()
             self.sched.step()
@@ -195,13 +196,13 @@ class PretrainRun:
             progress.advance(len(x))
         dt = time.perf_counter() - t0
         return {"loss": total / seen, "lr": lr, "images_per_s": seen / dt,
-                **{k: v / seen for k, v in sums.items()}}
+                **{k: v / seen for k, v in sums.items()}, **grad_norm_figures(norms)}
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, stop_after: int | None = None,
-             auto_resume: bool = False) -> dict:
+             auto_resume: bool = False, detect_anomaly: bool = False) -> dict:
     """Pre-train (or continue) the run in cfg.out; returns summary.json's content (empty if unfinished).
-    `auto_resume` and `stop_after` as for train()."""
+    `auto_resume`, `stop_after` and `detect_anomaly` as for train()."""
     out = Path(cfg.out)
     cfg, ck, finished = open_run_folder(out, cfg, PretrainConfig, resume, auto_resume)
     if finished is not None:
@@ -223,7 +224,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, sto
     metrics_path = out / "metrics.jsonl"
     _truncate_metrics(metrics_path, run.epoch)
     t_start = time.perf_counter()
-    with EpochProgress(quiet=quiet) as progress:
+    with EpochProgress(quiet=quiet) as progress, anomaly_mode(detect_anomaly):
         for epoch in range(run.epoch, cfg.epochs):
             if stop_after is not None and epoch >= stop_after:
                 break

@@ -2,6 +2,7 @@
 schedules, evaluation, checkpoints and logs; the method owns views and the loss."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -13,7 +14,7 @@ import torch
 
 import robustfer
 from robustfer.data.noise import write_noise_csv
-from robustfer.errors import RobustferError, check_finite_loss
+from robustfer.errors import RobustferError, anomaly_error, check_finite_grad, check_finite_loss
 from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detection
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method, method_class
 from robustfer.models import create_backbone, extra_loss, load_init, model_defaults, regularisers
@@ -40,6 +41,42 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name not in ("fp32", "bf16"):
         raise RobustferError(f"--precision {name!r}: use auto, fp32 or bf16")
     return name
+
+
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The total L2 norm of the parameters' gradients: what clip_grad_norm_ measures, without clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+def backward_checked(loss: torch.Tensor, params: list[torch.Tensor], what: str, epoch: int, step: int, lr: float,
+                     out, fix: str = "lower --lr") -> float:
+    """loss.backward(), then one clear line (RobustferError) on a NaN / inf loss or total gradient norm, before
+    the optimiser step, so the weights and last.pt stay good; returns the gradient norm (train and pretrain log
+    it per epoch). Under --detect-anomaly (torch.autograd.set_detect_anomaly) autograd's error, naming the
+    backward function that returned NaN / inf, becomes that line too."""
+    try:
+        loss.backward()
+    except RuntimeError as e:
+        if torch.is_anomaly_enabled() and " returned " in str(e) and " values in its " in str(e):
+            raise anomaly_error(e, what, epoch, step, lr, out, fix) from None
+        raise
+    check_finite_loss(loss, what, epoch, step, lr, out, fix)
+    norm = grad_norm(params)
+    check_finite_grad(norm, what, epoch, step, lr, out, fix)
+    return norm.item()
+
+
+def anomaly_mode(on: bool):
+    """--detect-anomaly: torch.autograd.set_detect_anomaly around the run, so that the first backward function
+    returning NaN / inf stops it with its name and the forward call behind it (a debugging aid: it checks every
+    backward output and records every forward call, so it is slower); off: the global mode as it was."""
+    return torch.autograd.set_detect_anomaly(True) if on else contextlib.nullcontext()
+
+
+def grad_norm_figures(norms: list[float]) -> dict:
+    """metrics.jsonl's per-epoch gradient-norm fields: mean and max of the steps' total norms."""
+    return {"grad_norm_mean": float(np.mean(norms)), "grad_norm_max": float(np.max(norms))} if norms else {}
 
 
 def make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
@@ -126,6 +163,7 @@ class Run:
         self.ema = None if cfg.ema is None else torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=ema_warmup_fn(cfg.ema), use_buffers=True)
         self.opt = make_optimizer(cfg, self.method.param_groups(self.model, cfg.lr))
+        self.params = [p for g in self.opt.param_groups for p in g["params"]]  # whose gradient norm is logged
         n = len(self.train_data)
         bs = min(cfg.batch_size, n)
         self.batch_size = bs
@@ -169,7 +207,7 @@ class Run:
         n = len(self.labels)
         perm = self.epoch_order(n)
         per_sample: dict[str, torch.Tensor] = {}
-        total, seen, t0 = 0.0, 0, time.perf_counter()
+        total, seen, norms, t0 = 0.0, 0, [], time.perf_counter()
         for b in range(self.steps_per_epoch):
             idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
             views = self.method.make_views(self.images[idx], self.g, self.spec)
@@ -180,9 +218,9 @@ class Run:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 loss, stats = self.method.loss(self.model, batch, st)
                 loss = loss + extra_loss(self.regularisers)  # regularisers the network carries (modules' extra_loss())
-            check_finite_loss(loss, cfg.method, st.epoch, b, cfg.lr, cfg.out, "lower --lr or check the labels")
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            norms.append(backward_checked(loss, self.params, cfg.method, st.epoch, b, cfg.lr, cfg.out,
+                                          "lower --lr or check the labels"))
             self.opt.step()
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 self.method.after_step(self.model, batch, st)
@@ -203,7 +241,7 @@ class Run:
         if self.sched_unit == "epoch":
             self.sched.step()
         self.method.on_epoch_end(st)
-        row = {"train_loss": total / max(seen, 1), "lr": lr, "images_per_s": seen / dt}
+        row = {"train_loss": total / max(seen, 1), "lr": lr, "images_per_s": seen / dt, **grad_norm_figures(norms)}
         row.update(self.noise_figures(per_sample))
         labels = self.labels.cpu().numpy()
         for k, v in per_sample.items():  # e.g. weight_mean_by_class: where the method's weight goes, per given label
@@ -303,12 +341,13 @@ def open_run_folder(out: Path, cfg, config_cls, resume: bool, auto_resume: bool)
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after: int | None = None,
-          auto_resume: bool = False) -> dict:
+          auto_resume: bool = False, detect_anomaly: bool = False) -> dict:
     """Train (or continue) the run in cfg.out; returns summary.json's content.
 
     `auto_resume`: one idempotent call for schedulers: a finished run with the same settings is returned
     as it is, an interrupted one continued, anything else started. `stop_after` ends the call after that
-    many epochs in total, as a kill at an epoch boundary would (used by the resume tests)."""
+    many epochs in total, as a kill at an epoch boundary would (used by the resume tests). `detect_anomaly`:
+    autograd's anomaly mode around the epochs (anomaly_mode; not a setting of the run, so --resume takes it)."""
     out = Path(cfg.out)
     cfg, ck, finished = open_run_folder(out, cfg, TrainConfig, resume, auto_resume)
     if finished is not None:
@@ -340,7 +379,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     _truncate_metrics(metrics_path, start)
     best = max((selection_score(h) for h in run.history if "accuracy" in h), default=-1.0)
     t_start = time.perf_counter()
-    with EpochProgress(quiet=quiet) as progress:
+    with EpochProgress(quiet=quiet) as progress, anomaly_mode(detect_anomaly):
         for epoch in range(start, cfg.epochs):
             if stop_after is not None and epoch >= stop_after:
                 break
