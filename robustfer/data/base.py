@@ -40,7 +40,6 @@ def text_lines(path: Path) -> Iterator[str]:
     except OSError as e:
         raise RobustferError(f"cannot read {path} ({e.strerror}): check that it is a readable file") from None
     fix = "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8, or 'CSV UTF-8' in a spreadsheet)"
-    n = 0
     try:
         with open(path, newline="", encoding=encoding) as f:
             for n, line in enumerate(f, start=1):
@@ -48,9 +47,22 @@ def text_lines(path: Path) -> Iterator[str]:
                     raise RobustferError(f"{path} line {n} holds NUL bytes: it is not a text file (UTF-16 without "
                                          f"a byte-order mark?); {fix}")
                 yield line
-    except UnicodeDecodeError as e:
-        raise RobustferError(f"{path}: not {encoding.replace('-sig', '')} text (byte 0x{e.object[e.start]:02x} after "
-                             f"line {n}); {fix}") from None
+    except UnicodeDecodeError:
+        raise RobustferError(f"{path}: not {encoding.replace('-sig', '')} text ({_first_bad_byte(path, encoding)}); "
+                             f"{fix}") from None
+
+
+def _first_bad_byte(path: Path, encoding: str) -> str:
+    """'byte 0xe9 on line 3': where a file first fails to decode (read again line by line, on the error path only)."""
+    if encoding == "utf-16":
+        return "not valid UTF-16"
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"byte 0x{raw[e.start]:02x} on line {n}"
+    return "an incomplete character at the end"
 
 
 def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -142,11 +154,13 @@ class FERData:
         return len(self.classes)
 
     def subset(self, idx: np.ndarray) -> "FERData":
-        """Rows `idx` of every per-image field (images are copied out of the memory map)."""
+        """Rows `idx` of every per-image field (memory-mapped images stay so: a RowView, read when used)."""
+        from robustfer.data.stream import take_rows
+
         idx = np.asarray(idx)
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return replace(
-            self, images=np.ascontiguousarray(self.images[idx]), labels=self.labels[idx],
+            self, images=take_rows(self.images, idx), labels=self.labels[idx],
             files=[self.files[i] for i in idx], votes=pick(self.votes), soft=pick(self.soft),
             clean_labels=pick(self.clean_labels), flipped=pick(self.flipped),
         )

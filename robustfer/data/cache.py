@@ -83,8 +83,11 @@ def decode_image(path: Path, size: int, channels: int, box: tuple[int, int, int,
             f"image {path} is too large to decode safely ({m.group(0) if m else e}, above Pillow's decompression-bomb "
             f"limit of {Image.MAX_IMAGE_PIXELS} pixels): shrink or replace it, or {fix}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise RobustferError(
-            f"corrupt image {path} ({e.__class__.__name__}): replace the file or {fix}") from None
+        if isinstance(e, UnidentifiedImageError):
+            why = "empty file" if os.path.getsize(path) == 0 else "not an image file Pillow can read"
+        else:
+            why = f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+        raise RobustferError(f"corrupt image {path} ({why}): replace the file or {fix}") from None
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
