@@ -76,6 +76,8 @@ def cmd_noise(args) -> None:
     from robustfer.data import load_dataset
     from robustfer.data.noise import make_noise, write_noise_csv
 
+    if not 0.0 <= args.rate < 1.0:  # as train's --noise; also NaN
+        raise RobustferError(f"--rate {args.rate}: the noise rate must lie in [0, 1), e.g. 0.3 for 30%")
     kw = {"cache_dir": args.cache_dir}
     if args.dataset == "ferplus":
         kw["label_mode"] = args.label_mode
@@ -396,7 +398,12 @@ def cmd_bench(args) -> None:
     raw["train"] = {**raw.get("train", {}), **given}
     for key in ("methods", "noise", "seeds"):
         if getattr(args, key, None):
-            raw[key] = [int(x) if key == "seeds" else x for x in getattr(args, key).split(",")]
+            raw[key] = getattr(args, key).split(",")
+    if "seeds" in raw and getattr(args, "seeds", None):
+        try:
+            raw["seeds"] = [int(x) for x in raw["seeds"]]
+        except ValueError:
+            raise RobustferError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 1,2,3") from None
     if getattr(args, "noise_type", None):
         raw["noise_type"] = args.noise_type
     if args.no_controls:
@@ -416,8 +423,16 @@ def cmd_bench(args) -> None:
               collect_only=args.collect_only)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (what is wrong, and where the help is) with exit status 2;
+    sub-commands' parsers are of this class too (add_subparsers uses the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robustfer", description="FER under noisy and ambiguous labels")
+    p = _Parser(prog="robustfer", description="FER under noisy and ambiguous labels")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("methods", help="list the training methods")

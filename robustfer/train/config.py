@@ -97,7 +97,26 @@ def parse_noise(spec: str) -> tuple[str, float, int | None]:
         seed = int(parts[2]) if len(parts) > 2 else None
     except (IndexError, ValueError):
         raise RobustferError(f"--noise {spec!r}: expected TYPE:RATE[:SEED], e.g. symmetric:0.3 or pair:0.2:7") from None
+    if kind not in ("symmetric", "pair", "uneven"):
+        raise RobustferError(f"--noise {spec!r}: the type must be symmetric, pair or uneven, e.g. symmetric:0.3")
+    if not 0.0 <= rate < 1.0:  # also NaN
+        raise RobustferError(f"--noise {spec!r}: the rate must lie in [0, 1), e.g. symmetric:0.3 for 30%")
     return kind, rate, seed
+
+
+def check_counts(cfg) -> None:
+    """Counts and sizes a config can hold only positive (an error line instead of a traceback or a silent
+    full run for --limit 0): epochs, batch size, lr, --limit, --eval-limit, --threads, --input-size; --offset >= 0."""
+    import math
+
+    for name, low in (("epochs", 1), ("batch_size", 1), ("limit", 1), ("eval_limit", 1), ("threads", 1),
+                      ("input_size", 1), ("offset", 0)):
+        v = getattr(cfg, name, None)
+        if v is not None and v < low:
+            raise RobustferError(f"--{name.replace('_', '-')} {v}: must be {'positive' if low else '0 or more'}")
+    lr = getattr(cfg, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise RobustferError(f"--lr {lr}: the learning rate must be a positive number, e.g. 0.01")
 
 
 def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -> TrainConfig:
@@ -136,4 +155,11 @@ def resolve(cfg: TrainConfig, method_recipe: dict, cpu_recipe_ok: bool = True) -
         raise RobustferError(f"--eval-every {cfg.eval_every}: must be a positive number of epochs")
     if cfg.ema is not None and not 0.0 < cfg.ema < 1.0:
         raise RobustferError(f"--ema {cfg.ema}: the decay must lie in (0, 1), e.g. 0.999")
-    return replace(cfg, **out)
+    if cfg.noise:
+        parse_noise(cfg.noise)  # before the data is read
+    if cfg.noise_file and not Path(cfg.noise_file).is_file():
+        raise RobustferError(f"noise file {cfg.noise_file} does not exist: regenerate it with `robustfer noise` for "
+                             f"this data set (--out {cfg.noise_file})")
+    cfg = replace(cfg, **out)
+    check_counts(cfg)
+    return cfg
