@@ -58,6 +58,9 @@ class Method:
     # False where the loss scale makes plain SGD diverge (summed losses): then the compact model's
     # default is the official (Adam) recipe rather than the shared SGD cpu recipe.
     cpu_recipe_ok = True
+    # True where every trainable parameter gets a gradient in every step (under torchrun DDP then skips its
+    # per-step search for unused parameters); False (safe) where a step may leave some without one.
+    all_parameters_every_step = False
 
     def __init__(self, **options):
         self.options = options

@@ -21,6 +21,7 @@ class CE(Method):
     name = "ce"
     summary = "cross-entropy on the given labels (the baseline)"
     paper = "baseline of SCN (CVPR 2020), RUL (NeurIPS 2021), EAC (ECCV 2022)"
+    all_parameters_every_step = True  # tested: tests/train/test_distributed.py
     recipe = {"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-4, "schedule": "exp", "gamma": 0.9,
               "batch_size": 64, "epochs": 60, "norm": "imagenet", "drop_last": False}
 

@@ -55,6 +55,7 @@ class DNFER(Method):
     name = "dnfer"
     summary = "dynamic per-batch class threshold + base-2 symmetric-KL weak/strong consistency"
     paper = "Gera et al., DNFER (arXiv 2208.10221)"
+    all_parameters_every_step = True  # tested: tests/train/test_distributed.py
     # methods.md recipe: Adam backbone 1e-3, classifier 1e-2, no decay, lr_e = lr_0 * 0.95^e, batch 128 dl, 40 ep.
     # Its classifier learns at 10x the backbone lr; validated only under the official Adam recipe.
     cpu_recipe_ok = False

@@ -61,6 +61,7 @@ class EAC(Method):
     name = "eac"
     summary = "CE + consistency of the class activation maps of an image and its erased mirror (weight 5)"
     paper = "Erasing Attention Consistency, ECCV 2022 (zyh-uaiaaaa/Erasing-Attention-Consistency)"
+    all_parameters_every_step = True  # tested: tests/train/test_distributed.py
     # ResNet-18 recipe: lr 2e-4, batch 32 (maintainer, issues #3, #19, #20)
     recipe = {**CE.recipe, "batch_size": 32}
 

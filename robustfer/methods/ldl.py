@@ -25,6 +25,7 @@ class LDL(Method):
     name = "ldl"
     summary = "KL from the annotators' vote distribution (label distribution learning)"
     paper = "label distribution learning (Geng, TKDE 2016); a baseline in arXiv 2209.15402"
+    all_parameters_every_step = True  # tested: tests/train/test_distributed.py
     recipe = CE.recipe
     cpu_recipe_ok = CE.cpu_recipe_ok
     make_views = CE.make_views

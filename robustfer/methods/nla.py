@@ -104,6 +104,7 @@ class NLA(Method):
     name = "nla"
     summary = "CE re-weighted by a 2-D Gaussian over (p_GT, p_NN) + JSD to the mirrored image"
     paper = "Navigating Label Ambiguity, AAAI 2025 (arXiv 2502.09993)"
+    all_parameters_every_step = True  # tested: tests/train/test_distributed.py
     # SUM-reduced JSD: plain SGD collapsed to one class in a probe; the official Adam recipe is scale-free.
     cpu_recipe_ok = False
     recipe = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "schedule": "exp", "gamma": 0.9,

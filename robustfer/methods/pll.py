@@ -45,6 +45,7 @@ class PLL(Method):
     name = "pll"
     summary = "partial-label learning on the annotators' candidate sets (PRODEN)"
     paper = "PRODEN (ICML 2020); FER as PLL (arXiv 2209.15402)"
+    all_parameters_every_step = True  # tested: tests/train/test_distributed.py
     recipe = CE.recipe
     cpu_recipe_ok = CE.cpu_recipe_ok
     make_views = CE.make_views

@@ -91,6 +91,7 @@ class RUL(Method):
     name = "rul"
     summary = "mean / uncertainty heads; pairs mixed by relative uncertainty, add-up loss; SCN's relabelling"
     paper = "Relative Uncertainty Learning, NeurIPS 2021 (zyh-uaiaaaa/Relative-Uncertainty-Learning)"
+    all_parameters_every_step = True  # tested: tests/train/test_distributed.py
     # backbone + heads 2e-4, FC 2e-3 (param_groups: head_lr_mult 10)
     recipe = CE.recipe
 

@@ -91,6 +91,7 @@ class SCN(Method):
     name = "scn"
     summary = "importance weights on the logits + rank regularisation; relabels confidently contradicted labels"
     paper = "Self-Cure Network, CVPR 2020 (kaiwang960112/Self-Cure-Network)"
+    all_parameters_every_step = True  # tested: tests/train/test_distributed.py
     recipe = {**CE.recipe, "lr": 1e-3, "epochs": 70}  # torch Adam default lr; 70 epochs
 
     def __init__(self, margin_1: float = 0.07, margin_2: float = 0.2, ratio: float = 0.7, warmup: int = 9,
