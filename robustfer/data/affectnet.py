@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustfer.data.base import FERData, Rows, csv_rows, header_columns, parse_int, parse_number
+from robustfer.data.base import FERData, Rows, check_inside, csv_rows, header_columns, parse_int, parse_number
 from robustfer.data.cache import cached_array, decode_all, decode_image, default_cache_dir, file_key
 from robustfer.data.classes import AFFECTNET
 from robustfer.errors import RobustferError
@@ -62,6 +62,7 @@ def read_list(path: Path, num_classes: int) -> tuple[list[str], list[Box | None]
         name = row[col["subDirectory_filePath"]].strip()
         if not name:
             raise RobustferError(f"{path} line {n}: subDirectory_filePath is empty; fix the row")
+        check_inside(name, path, n)
         if expr in DROPPED or expr >= num_classes:  # read as shipped, whatever its box holds
             seen.add(name, (None, expr), n)
             continue

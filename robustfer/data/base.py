@@ -94,6 +94,14 @@ def header_columns(rows: Iterator[tuple[int, list[str]]], path: Path, header: tu
     return {h: lower.index(h.lower()) for h in header}, len(found)
 
 
+def check_inside(name: str, path: Path, line: int) -> None:
+    """An image path from a label file must stay inside the data set's folder (no absolute path, no '..')."""
+    parts = Path(name.replace("\\", "/")).parts
+    if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts:
+        raise RobustferError(f"{path} line {line}: image path {name!r} leaves the data set's folder; give it "
+                             "relative to the folder, as the publisher does")
+
+
 class Rows:
     """Label rows keyed by image: an exact repeat of a row is read once (and counted, see `warn`), the same
     image with other content is an error naming both lines, since one of its labels would be silently wrong."""

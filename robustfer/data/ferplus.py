@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustfer.data.base import FERData, Rows, csv_rows, parse_number
+from robustfer.data.base import FERData, Rows, check_inside, csv_rows, parse_number
 from robustfer.data.cache import cached_array, decode_files, file_key
 from robustfer.data.classes import FERPLUS
 from robustfer.errors import RobustferError
@@ -95,6 +95,7 @@ def read_label_csv(path: Path, warn: bool = True) -> tuple[list[str], np.ndarray
         name = row[0].strip()
         if not name:
             raise RobustferError(f"{path} line {n}: the image name (column 1) is empty; fix the line")
+        check_inside(name, path, n)
         if not BOX.fullmatch(row[1].strip()):
             raise RobustferError(f"{path} line {n}: column 2 is {row[1]!r}, expected the face box \"(x, y, w, h)\" "
                                  f"after the image name; {fix}")

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from robustfer.data.base import FERData
+from robustfer.data.base import FERData, text_lines
 from robustfer.data.classes import canonical_name
 from robustfer.errors import RobustferError
 
@@ -263,38 +263,37 @@ def read_noise_csv(path: str | Path, data: FERData) -> FERData:
         return lookup[c]
 
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = csv.reader(f)
-            header = next(rows, None)
-            if header is None or tuple(h.strip() for h in header) != HEADER:
+        rows = csv.reader(text_lines(path))  # UTF-8 with or without BOM, UTF-16 with BOM; else one error line
+        header = next(rows, None)
+        if header is None or tuple(h.strip() for h in header) != HEADER:
+            raise RobustferError(
+                f"{path} line 1: header {','.join(header or [])!r} should be {','.join(HEADER)}: {regen}")
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != len(HEADER):
                 raise RobustferError(
-                    f"{path} line 1: header {','.join(header or [])!r} should be {','.join(HEADER)}: {regen}")
-            for line, row in enumerate(rows, start=2):
-                if not row:
-                    continue
-                if len(row) != len(HEADER):
-                    raise RobustferError(
-                        f"{path} line {line}: {len(row)} columns, expected 4 ({','.join(HEADER)}): {regen}")
-                img, c_name, n_name, fl = (x.strip() for x in row)
-                c, nz = cls(c_name, line, "clean_label"), cls(n_name, line, "noisy_label")
-                if fl not in ("0", "1"):
-                    raise RobustferError(f"{path} line {line}: flipped is {fl!r}, expected 0 or 1: {regen}")
-                if (fl == "1") != (c != nz):
-                    raise RobustferError(
-                        f"{path} line {line}: flipped is {fl} but clean_label {c_name!r} and noisy_label "
-                        f"{n_name!r} {'differ' if c != nz else 'are equal'}; the file was edited or corrupted: {regen}")
-                i = where.get(_norm_path(img))
-                if i is None:
-                    raise RobustferError(
-                        f"{path} line {line}: image {img!r} is not in {data.name} {data.split}; "
-                        f"the file was made for another data set, split or --root: {regen}")
-                if clean[i] >= 0:
-                    raise RobustferError(f"{path} line {line}: image {img!r} is listed twice: {regen}")
-                if c != truth[i]:
-                    raise RobustferError(
-                        f"{path} line {line}: clean_label {c_name!r} of {img!r} disagrees with the data set's "
-                        f"label {data.classes[truth[i]]!r}; {made_for}: {regen}")
-                clean[i], noisy[i] = c, nz
+                    f"{path} line {line}: {len(row)} columns, expected 4 ({','.join(HEADER)}): {regen}")
+            img, c_name, n_name, fl = (x.strip() for x in row)
+            c, nz = cls(c_name, line, "clean_label"), cls(n_name, line, "noisy_label")
+            if fl not in ("0", "1"):
+                raise RobustferError(f"{path} line {line}: flipped is {fl!r}, expected 0 or 1: {regen}")
+            if (fl == "1") != (c != nz):
+                raise RobustferError(
+                    f"{path} line {line}: flipped is {fl} but clean_label {c_name!r} and noisy_label "
+                    f"{n_name!r} {'differ' if c != nz else 'are equal'}; the file was edited or corrupted: {regen}")
+            i = where.get(_norm_path(img))
+            if i is None:
+                raise RobustferError(
+                    f"{path} line {line}: image {img!r} is not in {data.name} {data.split}; "
+                    f"the file was made for another data set, split or --root: {regen}")
+            if clean[i] >= 0:
+                raise RobustferError(f"{path} line {line}: image {img!r} is listed twice: {regen}")
+            if c != truth[i]:
+                raise RobustferError(
+                    f"{path} line {line}: clean_label {c_name!r} of {img!r} disagrees with the data set's "
+                    f"label {data.classes[truth[i]]!r}; {made_for}: {regen}")
+            clean[i], noisy[i] = c, nz
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RobustferError(f"{path}: cannot read the noise file ({e}): {regen}") from None
     missing = np.flatnonzero(clean < 0)

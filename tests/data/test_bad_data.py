@@ -282,6 +282,8 @@ FERPLUS_ROWS = [
     ("nan-vote", lambda ls: ls[:1] + [_row(1, ["nan"] + ferplus_votes(GOOD[1])[1:])] + ls[2:], "line 2: vote columns must be numbers"),
     ("inf-vote", lambda ls: ls[:1] + [_row(1, ["inf"] + ferplus_votes(GOOD[1])[1:])] + ls[2:], "line 2: vote columns must be numbers"),
     ("huge-vote", lambda ls: ls[:1] + [_row(1, ["1e999"] + ferplus_votes(GOOD[1])[1:])] + ls[2:], "line 2: votes must be annotator counts"),
+    ("absolute-image-path", lambda ls: ls[:3] + [_row(3, name="/etc/fer0000003.png")] + ls[4:], "line 4: image path '/etc/fer0000003.png' leaves"),
+    ("dotdot-image-path", lambda ls: ls[:3] + [_row(3, name="../FER2013Test/fer0000003.png")] + ls[4:], "leaves the data set's folder"),
     ("empty-image-name", lambda ls: ls[:3] + [_row(3, name=" ")] + ls[4:], "line 4: the image name (column 1) is empty"),
     ("unclosed-quote", lambda ls: ls[:1] + [_row(1, box='"(0, 0, 48, 48)')] + ls[2:], "expected 12 columns"),
     ("empty-file", lambda ls: [], "has no rows"),
@@ -419,6 +421,8 @@ AFFECTNET_BAD = [
     ("box-no-area", lambda ls: ls + ["1/x.jpg,4,4,0,8,1;2,1,0,0"], "line 6: face box", "no area"),
     ("box-nan", lambda ls: ls + ["1/x.jpg,4,4,nan,8,1;2,1,0,0"], "line 6: face box", "not numeric"),
     ("empty-path", lambda ls: ls + [",,,,,1;2,1,0,0"], "line 6: subDirectory_filePath is empty", ""),
+    ("absolute-path", lambda ls: ls + ["/tmp/x.jpg,,,,,1;2,1,0,0"], "line 6: image path '/tmp/x.jpg' leaves", ""),
+    ("dotdot-path", lambda ls: ls + ["101/../../x.jpg,,,,,1;2,1,0,0"], "line 6: image path", "leaves the data set's folder"),
     ("header-only", lambda ls: ls[:1], "no rows with expression 0..7", ""),
     ("only-dropped-ids", lambda ls: ls[:1] + ["1/x.jpg,,,,,1;2,10,0,0"], "no rows with expression 0..7", ""),
     ("empty-file", lambda ls: [], "line 1: expected the header", ""),
@@ -600,6 +604,7 @@ NOISE_OK = [
     ("plain", lambda: _as_bytes([NOISE_HEADER] + NOISE_ROWS)),
     ("crlf-bom", lambda: b"\xef\xbb\xbf" + _as_bytes([NOISE_HEADER] + NOISE_ROWS, "\r\n")),
     ("reordered-rows-and-aliases", lambda: _as_bytes([NOISE_HEADER] + [r.replace(",sadness,", ",Sad,") for r in NOISE_ROWS[::-1]])),
+    ("utf-16", lambda: _as_bytes([NOISE_HEADER] + NOISE_ROWS, encoding="utf-16")),
 ]
 
 NOISE_BAD = [
@@ -611,8 +616,9 @@ NOISE_BAD = [
     ("duplicate-row", lambda: _as_bytes([NOISE_HEADER] + NOISE_ROWS + NOISE_ROWS[:1]), "line 6: image"),
     ("missing-row", lambda: _as_bytes([NOISE_HEADER] + NOISE_ROWS[:3]), "1 of the 4 images"),
     ("clean-label-wrong", lambda: _as_bytes([NOISE_HEADER] + [NOISE_ROWS[0].replace("happiness,happiness,0", "anger,anger,0")] + NOISE_ROWS[1:]), "disagrees"),
-    ("latin-1", lambda: _as_bytes([NOISE_HEADER] + NOISE_ROWS[:3] + [NOISE_ROWS[3].replace("fear", "fé")], encoding="latin-1"), "cannot read the noise file"),
-    ("utf-16", lambda: _as_bytes([NOISE_HEADER] + NOISE_ROWS, encoding="utf-16"), "cannot read the noise file"),
+    ("latin-1", lambda: _as_bytes([NOISE_HEADER] + NOISE_ROWS[:3] + [NOISE_ROWS[3].replace("fear", "fé")], encoding="latin-1"),
+     "not utf-8 text (byte 0xe9 on line 5)"),
+    ("utf-16-no-bom", lambda: _as_bytes([NOISE_HEADER] + NOISE_ROWS, encoding="utf-16-le"), "NUL bytes"),
 ]
 
 
@@ -632,7 +638,8 @@ def test_noise_file_bad(case, tmp_path):
     with pytest.raises(RobustferError) as e:
         read_noise_csv(path, _noise_data())
     msg = str(e.value)
-    assert "\n" not in msg and str(path) in msg and case[2] in msg and "robustfer noise" in msg
+    assert "\n" not in msg and str(path) in msg and case[2] in msg
+    assert "robustfer noise" in msg or "save it as UTF-8" in msg
 
 
 # ------------------------------------------------------------------ through `train`: no run folder, no cache
