@@ -109,6 +109,30 @@ def test_ops_are_per_sample_random_and_deterministic():
     assert len(set(p["op"][0].tolist())) > 5 and len(set(p["v"][0].tolist())) > 3
 
 
+@pytest.mark.parametrize("policy,identities", [(R.NCCTFER, {"Identity", "Color"}),
+                                               (R.DNFER, {"Identity", "Color", "Solarize"})], ids=["ncctfer", "dnfer"])
+def test_rand_augment_applies_exactly_the_drawn_ops(policy, identities):
+    # 400 copies of one grey image (levels 10..240, so AutoContrast and Solarize at 231 change it): a copy
+    # changes iff one of its 2 slots drew an applied op that is not an identity here (Color on grey; DNFER's
+    # Solarize at level 10 = threshold 256); crop, flip and Cutout are not involved
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randint(10, 241, (1, 1, 48, 48), generator=g) / 255).expand(400, -1, -1, -1).contiguous()
+    p = R.draw(400, torch.Generator().manual_seed(3), policy, "cpu")
+    y = R.rand_augment(x, None, policy, params=p)
+    acts = torch.zeros(400, dtype=torch.bool)
+    for slot in range(policy.n_ops):
+        acts |= p["apply"][slot] & torch.tensor([R.OPS[k] not in identities for k in p["op"][slot].tolist()])
+    changed = (y != R.quantize(x)).flatten(1).any(1)
+    assert 0.5 < acts.float().mean() < 0.8
+    assert torch.equal(changed, acts), f"{int((changed != acts).sum())} copies changed against their draws"
+    # copies with one applied op are that op alone (batched convolutions may round one level apart)
+    for i in (p["apply"].sum(0) == 1).nonzero().squeeze(1)[:40].tolist():
+        s = int(p["apply"][:, i].int().argmax())
+        alone = R.quantize(R.apply_op(R.quantize(x[i:i + 1]), R.OPS[p["op"][s, i]], p["v"][s, i:i + 1],
+                                      p["sign"][s, i:i + 1], policy))
+        assert _levels_diff(y[i:i + 1], alone) <= 1.0001, (i, R.OPS[p["op"][s, i]])
+
+
 def test_geometric_fill_black_for_ncctfer_grey_for_dnfer():
     x = torch.ones(1, 1, 48, 48)
     px = torch.tensor([20.0])
@@ -155,7 +179,7 @@ def test_base_views_padding(policy, mode):
     crops = {(dy, dx, flip): (lambda c: c.flip(-1) if flip else c)(padded[0, :, dy:dy + 48, dx:dx + 48])
              for dy in range(3) for dx in range(3) for flip in (False, True)}
     found = [next((k for k, c in crops.items() if torch.equal(v, c)), None) for v in out]
-    assert None not in found
+    assert None not in found, f"{found.count(None)} of 200 views are no crop of the image padded by {mode!r}"
     assert {k[:2] for k in found} == {(dy, dx) for dy in range(3) for dx in range(3)}
     assert {k[2] for k in found} == {False, True}
 

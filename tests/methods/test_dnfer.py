@@ -140,8 +140,8 @@ def test_trainer_runs_lr_0_times_0_95_to_the_epoch(tmp_path, band_faces):
         hook.remove()
     want = [[1e-3 * 0.95 ** e, 1e-2 * 0.95 ** e] for e in range(3) for _ in range(2)]
     assert len(seen) == len(want)
-    for got, w in zip(seen, want):
-        assert got == pytest.approx(w, rel=1e-9)
+    for step, (got, w) in enumerate(zip(seen, want)):
+        assert got == pytest.approx(w, rel=1e-9), f"optimiser step {step} (epoch {step // 2})"
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3 * 0.95, 1e-3 * 0.95 ** 2], rel=1e-9)
 
@@ -154,11 +154,14 @@ def test_views_follow_the_dnfer_policy():
     views = method.make_views(x, torch.Generator().manual_seed(0), SPEC)
     assert set(views) == {"weak", "strong"} and views["strong"].shape == (200, 1, 48, 48)
     weak, strong = reference_views(x, 0, R.DNFER)
-    assert torch.equal(views["weak"], weak) and torch.equal(views["strong"], strong)
+    assert torch.equal(views["weak"], weak), "weak view is not R.DNFER's base view"
+    assert torch.equal(views["strong"], strong), "strong view is not base view + RandAugment + Cutout of R.DNFER"
     assert not torch.equal(views["strong"], reference_views(x, 0, R.NCCTFER)[1])
     # the policy's marks in the pixels: a grey-128 Cutout in every strong view, never NCCTFER's 127 ...
     levels = grey_levels(views["strong"])
-    assert has_block(levels, 128).all() and not has_block(levels, 127).any()
+    cut, foreign = has_block(levels, 128), has_block(levels, 127)
+    assert cut.all(), f"{int((~cut).sum())} of 200 strong views have no grey-128 Cutout"
+    assert not foreign.any(), f"{int(foreign.sum())} strong views hold a grey-127 block"
     # ... and no zero fill in the weak view (reflect padding; NCCTFER pads with zeros)
     bright = torch.full((64, 1, 48, 48), 200, dtype=torch.uint8)
     weak_levels = grey_levels(method.make_views(bright, torch.Generator().manual_seed(1), SPEC)["weak"])

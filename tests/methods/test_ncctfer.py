@@ -218,11 +218,14 @@ def test_views_follow_the_ncctfer_policy():
     views = method.make_views(x, torch.Generator().manual_seed(0), SPEC)
     assert set(views) == {"weak", "strong"} and views["weak"].shape == (200, 1, 48, 48)
     weak, strong = reference_views(x, 0, R.NCCTFER)
-    assert torch.equal(views["weak"], weak) and torch.equal(views["strong"], strong)
+    assert torch.equal(views["weak"], weak), "weak view is not R.NCCTFER's base view"
+    assert torch.equal(views["strong"], strong), "strong view is not base view + RandAugment + Cutout of R.NCCTFER"
     assert not torch.equal(views["strong"], reference_views(x, 0, R.DNFER)[1])
     # the policy's marks in the pixels: a grey-127 Cutout in every strong view, never DNFER's 128 ...
     levels = grey_levels(views["strong"])
-    assert has_block(levels, 127).all() and not has_block(levels, 128).any()
+    cut, foreign = has_block(levels, 127), has_block(levels, 128)
+    assert cut.all(), f"{int((~cut).sum())} of 200 strong views have no grey-127 Cutout"
+    assert not foreign.any(), f"{int(foreign.sum())} strong views hold a grey-128 block"
     # ... and zero fill at the shifted borders of the weak view (DNFER reflects)
     bright = torch.full((64, 1, 48, 48), 200, dtype=torch.uint8)
     weak_levels = grey_levels(method.make_views(bright, torch.Generator().manual_seed(1), SPEC)["weak"])
