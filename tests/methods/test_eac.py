@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -65,3 +66,22 @@ def test_views_noisy_mode_mirrors_the_raw_image_and_cpu_mode_mirrors_x():
     clean = create_method("eac", views="clean").make_views(u8, torch.Generator().manual_seed(0),
                                                             ViewSpec(48, 1, "imagenet", "official"))
     assert torch.equal(clean["x_flip"], clean["x"].flip(-1))
+
+
+def test_loss_is_ce_on_x_plus_5_times_the_mean_squared_cam_difference():
+    """methods.md §6 EAC: L = CE_mean(x) + 5 * MSE(M(x), flip(M(x'))), the MSE a mean over all N*C*H*W
+    elements; M_k = sum_c W_kc F_c with W the fc weight; CE on x only."""
+    torch.manual_seed(1)
+    net = EACNet(MapNet(3), 4)
+    x, x_flip = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    y = torch.tensor([0, 3, 1])
+    loss, _ = create_method("eac").loss(net, Batch(views={"x": x, "x_flip": x_flip}, labels=y, index=torch.arange(3)),
+                                        State())
+    fx, ff = net.backbone.forward_map(x).double(), net.backbone.forward_map(x_flip).double()
+    w, b = net.fc.weight.double(), net.fc.bias.double()
+    m, m_flip = torch.einsum("kc,nchw->nkhw", w, fx), torch.einsum("kc,nchw->nkhw", w, ff)
+    z = fx.mean((2, 3)) @ w.T + b
+    ce = -z.log_softmax(1)[torch.arange(3), y].mean()
+    mse = ((m - m_flip.flip(-1)) ** 2).sum() / m.numel()      # N*C*H*W = 3*4*8*8 elements
+    assert loss.item() == pytest.approx((ce + 5 * mse).item(), rel=1e-5)
+    assert mse.item() > 0.1 * ce.item()                       # the consistency term weighs in the check
