@@ -141,8 +141,9 @@ def cmd_eval(args) -> None:
             lookup = {c: i for i, c in enumerate(classes)}
             missing = [c for c in data.classes if canonical_name(c) not in lookup]
             if missing:
-                raise RobustferError(f"{args.root}: classes {missing} are not among the checkpoint's classes "
-                                     f"{list(classes)}: evaluate on a data set with the same classes")
+                raise RobustferError(f"checkpoint {ck} was trained on the classes {list(classes)}, the data set "
+                                     f"{args.root} has {list(data.classes)} ({missing} unknown to the model): evaluate "
+                                     "on a data set whose classes the checkpoint knows")
             labels = np.array([lookup[canonical_name(data.classes[y])] for y in data.labels], np.int64)
             images = torch.from_numpy(np.array(data.images))
             votes = None  # annotator votes (FERPlus), their class columns put in the checkpoint's class order

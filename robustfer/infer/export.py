@@ -340,7 +340,7 @@ def export_slim(checkpoint: str | Path, out: str | Path, half: bool = False, bat
     """A test-time checkpoint: the (EMA when kept) weights, config, spec and classes, fp16 with `half` (floating
     tensors only; `load_trained` copies them back into the fp32 model). Checked against the full checkpoint on
     `batch` images (the first test images of `dataset`/`root`, else random smooth ones); written atomically."""
-    from robustfer.train.checkpoint import load_checkpoint, load_trained, save_atomic
+    from robustfer.train.checkpoint import FORMAT, load_checkpoint, load_trained, save_atomic
 
     out = _checked_out(out, ".pt")
     ckpt = resolve_checkpoint(checkpoint)
@@ -349,7 +349,8 @@ def export_slim(checkpoint: str | Path, out: str | Path, half: bool = False, bat
     images, what = check_images(spec, batch, dataset, root, **data_kw)
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     slim = {"kind": "model", "model": state, "config": cfg, "spec": spec, "classes": list(classes),
-            "version": src.get("version", robustfer.__version__), "source": str(ckpt), "half": half, "test_network": True,
+            "version": src.get("version", robustfer.__version__), "format": FORMAT, "source": str(ckpt), "half": half,
+            "test_network": True,
             "epoch": src.get("epoch")}
     save_atomic(slim, out)
     ref = softmax(torch_logits(model, images, spec))

@@ -23,7 +23,7 @@ from robustfer.errors import RobustferError
 from robustfer.methods.base import ViewSpec
 from robustfer.models import DEFAULT_MODEL, create_backbone, model_defaults, model_entry
 from robustfer.pretrain import create_objective, objective_class
-from robustfer.train.checkpoint import save_atomic
+from robustfer.train.checkpoint import plain, restore_checked, save_atomic, stamp
 from robustfer.train.config import SavedConfig
 from robustfer.train.progress import EpochProgress
 from robustfer.train.trainer import (_truncate_metrics, anomaly_mode, backward_checked, grad_norm_figures, open_run_folder,
@@ -161,8 +161,8 @@ class PretrainRun:
             "objective": self.objective.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "epoch": epoch_done, "step": self.step,
             "rng": {"generator": self.g.get_state(), "torch": torch.get_rng_state()},
-            "history": self.history, "wall_s": wall, "config": asdict(self.cfg), "spec": asdict(self.spec),
-            "version": robustfer.__version__,
+            "history": plain(self.history), "wall_s": wall, "config": plain(asdict(self.cfg)), "spec": asdict(self.spec),
+            **stamp(),
         }
 
     def restore(self, ck: dict) -> None:
@@ -214,7 +214,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, sto
     cfg = run.cfg
     out.mkdir(parents=True, exist_ok=True)
     if resume:
-        run.restore(ck)
+        restore_checked(run.restore, ck, out / "last.pt")
     else:
         cfg.save(out / "config.json", {"version": robustfer.__version__, "device_resolved": str(run.device),
                                        "precision_resolved": run.precision, "input_size_resolved": run.spec.size,

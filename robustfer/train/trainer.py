@@ -19,7 +19,7 @@ from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detect
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method, method_class
 from robustfer.models import create_backbone, extra_loss, load_init, model_defaults, regularisers
 from robustfer.models.predict import predict_logits
-from robustfer.train.checkpoint import load_checkpoint, save_atomic
+from robustfer.train.checkpoint import check_classes, load_checkpoint, plain, restore_checked, save_atomic, stamp
 from robustfer.train.config import TrainConfig, resolve
 from robustfer.train.data import load_splits, split_fold
 from robustfer.train.progress import EpochProgress
@@ -182,9 +182,8 @@ class Run:
             "scheduler": self.sched.state_dict(), "epoch": epoch_done, "step": self.state.step,
             "rng": {"generator": self.g.get_state(), "torch": torch.get_rng_state()},
             "method_state": {k: v.cpu() for k, v in self.state.tensors.items()},
-            "history": self.history, "wall_s": wall, "config": asdict(self.cfg),
-            "classes": list(self.train_data.classes), "spec": asdict(self.spec),
-            "version": robustfer.__version__,
+            "history": plain(self.history), "wall_s": wall, "config": plain(asdict(self.cfg)),
+            "classes": list(self.train_data.classes), "spec": asdict(self.spec), **stamp(),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
@@ -356,8 +355,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     run = Run(cfg, quiet=quiet)
     cfg = run.cfg
     out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        run.restore(ck)
+    if resume:  # the classifier's columns must still mean the same classes
+        check_classes(ck.get("classes", run.train_data.classes), run.train_data.classes, out / "last.pt",
+                      "resume on the data the run started with, or start a new run in another --out")
+        restore_checked(run.restore, ck, out / "last.pt")
     else:
         cfg.save(out / "config.json", {"version": robustfer.__version__, "classes": list(run.train_data.classes),
                                        "device_resolved": str(run.device), "precision_resolved": run.precision,
