@@ -60,3 +60,22 @@ def test_loss_relabels_from_its_start_epoch_with_the_mean_head():
     st.epoch = 1
     loss, stats = m.loss(net, batch, st)
     assert st.tensors["rul_labels"].tolist() == [-1, 0, 0, -1] and torch.isfinite(loss)
+
+
+def test_default_relabel_start_and_margin_are_scns():
+    """methods.md §6 RUL: SCN's relabel rule on p = softmax(FC(mu)), from epoch 9 (counted from 0), delta2 = 0.2."""
+    torch.manual_seed(0)
+    m = create_method("rul")
+    net = m.build(create_backbone("compact_s"), 4, spec=ViewSpec(48, 1))
+    p = torch.tensor([0.45, 0.28, 0.20, 0.07])    # gaps max_c p_c - p_y for labels 0..3: 0, 0.17, 0.25, 0.38
+    with torch.no_grad():
+        net.fc.weight.zero_()
+        net.fc.bias.copy_(p.log())
+    batch = Batch(views={"weak": torch.rand(4, 1, 48, 48)}, labels=torch.tensor([0, 1, 2, 3]), index=torch.arange(4),
+                  generator=torch.Generator().manual_seed(1))
+    st = State(epoch=8, epochs=60, num_train=4)
+    _, stats = m.loss(net, batch, st)
+    assert "rul_labels" not in st.tensors and "relabelled" not in stats
+    st.epoch = 9
+    _, stats = m.loss(net, batch, st)
+    assert st.tensors["rul_labels"].tolist() == [-1, -1, 0, 0]

@@ -77,3 +77,29 @@ def test_relabel_state_is_saved_and_identical_after_resume(tmp_path, ferplus_roo
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     rows = [r for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert '"alpha_mean_flipped"' in rows[-1] and '"noise_precision"' in rows[-1] and '"relabelled_mean_flipped"' in rows[-1]
+
+
+# p = softmax(bias) for every sample; gaps max_c p_c - p_y for labels 0..3: 0, 0.17, 0.25, 0.38
+_P = torch.tensor([0.45, 0.28, 0.20, 0.07])
+
+
+def test_default_margins_and_start_epoch_are_the_official_ones():
+    """methods.md §6 SCN: L = CE(alpha z) + max(0, delta1 - gap), delta1 = 0.07 (weight 1); relabel from epoch 9
+    (counted from 0) where max_c p_c - p_y > delta2 = 0.2."""
+    m = create_method("scn")
+    net = m.build(Tiny(), 4)
+    with torch.no_grad():                         # every sample: alpha ~ 1 (equal alphas: gap 0), logits = log _P
+        net.backbone.lin.weight.zero_()
+        net.backbone.lin.bias.zero_()
+        net.alpha.bias.fill_(30.0)
+        net.fc.bias.copy_(_P.log())
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    batch = Batch(views={"weak": torch.randn(10, 1, 4, 4)}, labels=y, index=torch.arange(10))
+    st = State(epoch=8, epochs=70, num_train=10)
+    loss, stats = m.loss(net, batch, st)
+    assert loss.item() == pytest.approx(F.nll_loss(_P.log().expand(10, 4), y).item() + 0.07, rel=1e-5)
+    assert "scn_labels" not in st.tensors and "relabelled" not in stats      # epoch 8: not yet
+    st.epoch = 9
+    _, stats = m.loss(net, batch, st)
+    assert stats["relabelled"].tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 0, 0]    # gap 0.17 stays, 0.25 and 0.38 move
+    assert st.tensors["scn_labels"].tolist() == [-1, -1, 0, 0, -1, -1, 0, 0, -1, -1]
