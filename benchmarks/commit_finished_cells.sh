@@ -17,7 +17,7 @@ for f in "$dir"/results.csv "$dir"/results.md "$dir"/noise_detection.csv "$dir"/
 done
 [[ ${#files[@]} -gt 0 ]] || exit 0
 git add -- "${files[@]}"
-if ! git diff --cached --quiet; then
+if ! git diff --cached --quiet -- "${files[@]}"; then
     n=$(ls "$dir"/cells/*/summary.json 2>/dev/null | wc -l)
-    git commit -qm "bench grid $dir: $n cells finished (small files only)" && echo "committed $n cells"
+    git commit -qm "bench grid $dir: $n cells finished (small files only)" -- "${files[@]}" && echo "committed $n cells"
 fi
