@@ -1,5 +1,6 @@
 """CE's FERPlus label modes: the data's mode comes from State (the trainer names no method), the option
-overrides it; `probability` draws one-hot targets with the vote frequencies (chi-square)."""
+overrides it; `probability` draws one-hot targets with the vote frequencies (chi-square); the official
+flip-or-noise + erasing view that SCN and RUL share."""
 from __future__ import annotations
 
 import pytest
@@ -71,3 +72,30 @@ def test_the_trainer_passes_the_datas_label_mode_and_votes_not_a_method_option(t
                           label_mode="crossentropy", eval_split="valid", eval_limit=8), quiet=True)
     assert run.state.label_mode == "crossentropy" and run.method.label_mode is None
     assert run.votes.shape == (64, 10) and torch.equal(run.votes.cpu(), torch.from_numpy(run.train_data.votes))
+
+
+def test_official_view_is_flip_or_noise_then_erasing():
+    """methods.md, the view SCN, RUL and CE share: with p 0.5 EITHER a mirror OR Gaussian noise (std sqrt(30)),
+    50/50; resize, normalise; RandomErasing(p 0.5, scale (0.02, 0.25)) with value 0."""
+    from robustfer import augment as A
+    from robustfer.methods import ViewSpec, create_method
+
+    x = torch.randint(0, 256, (400, 1, 48, 48), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    spec = ViewSpec(48, 1)                                       # the official recipe
+    got = CE().make_views(x, torch.Generator().manual_seed(1), spec)["weak"]
+    g = torch.Generator().manual_seed(1)
+    want = A.random_erasing(A.normalize(A.resize(A.flip_or_noise(A.to_float(x, 1), g), 48), "imagenet"), g,
+                            p=0.5, scale=(0.02, 0.25))
+    assert torch.equal(got, want), "CE's view is not flip-or-noise + normalise + RandomErasing(0.5, (0.02, 0.25))"
+    for name in ("scn", "rul"):
+        assert torch.equal(create_method(name).make_views(x, torch.Generator().manual_seed(1), spec)["weak"], got), name
+    # the marks in the pixels: erased boxes (value 0, never a normalised uint8 level) on about half the views,
+    # at most a quarter of the image; elsewhere the image as it was, mirrored, or with noise
+    erased = got == 0
+    share = erased.flatten(1).float().mean(1)
+    assert 150 < int((share > 0).sum()) < 250 and share.max() <= 0.25 + 0.02   # box sides rounded
+    plain = A.normalize(A.to_float(x, 1), "imagenet")
+    kept = ((got == plain) | erased).flatten(1).all(1)
+    mirrored = ((got == plain.flip(-1)) | erased).flatten(1).all(1) & ~kept
+    noisy = ~(kept | mirrored)
+    assert 150 < int(kept.sum()) < 250 and 60 < int(mirrored.sum()) < 140 and 60 < int(noisy.sum()) < 140
