@@ -27,7 +27,7 @@ from robustfer.train.checkpoint import plain, restore_checked, save_atomic, stam
 from robustfer.train.config import SavedConfig
 from robustfer.train.progress import EpochProgress
 from robustfer.train.trainer import (_truncate_metrics, anomaly_mode, backward_checked, grad_norm_figures, open_run_folder,
-                                     resolve_device, resolve_precision)
+                                     resolve_device, resolve_precision, resumed_precision)
 
 DEFAULT_MODELS = {"mae": "vit_s"}  # else the default CNN
 OBJECTIVE_OPTIONS = ("mask_ratio", "decoder_depth", "decoder_dim", "decoder_heads", "proj_dim", "pred_dim")
@@ -215,6 +215,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, sto
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         restore_checked(run.restore, ck, out / "last.pt")
+        run.precision = resumed_precision(out, run.precision)
     else:
         cfg.save(out / "config.json", {"version": robustfer.__version__, "device_resolved": str(run.device),
                                        "precision_resolved": run.precision, "input_size_resolved": run.spec.size,

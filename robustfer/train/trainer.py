@@ -33,14 +33,56 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# `--precision auto` on CPUs with native bf16 (cpu_native_bf16): bf16 when True. Off for now: this project's
+# CPU benchmark grids were started with auto = fp32 on the CPU, and a grid's cells (and a run's epochs) must
+# share one precision; turn it on once they are done (issue 18, item 5; tests/train/test_precision.py).
+AUTO_BF16_ON_NATIVE_CPU = False
+
+
+def _cpu_flags() -> set[str]:
+    """/proc/cpuinfo's CPU flags (Linux), or none."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively: AVX-512-BF16 or AMX tiles (torch.cpu's cpuinfo checks, else
+    /proc/cpuinfo's flags) under torch's AVX-512 kernels (torch.backends.cpu.get_cpu_capability() 'AVX512').
+    torch 2.14 reports no bf16 level there ('DEFAULT', 'AVX2', 'AVX512', 'SVE256'...); a capability that names
+    one ('AVX512_BF16', 'AMX') counts by itself. Without it oneDNN emulates bf16: 16x slower than fp32 on an
+    AVX2 EPYC (BENCHMARKS.md), while an AVX-512-BF16 EPYC ran a compact-CNN step 1.7x faster in bf16."""
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if "BF16" in capability or "AMX" in capability:
+        return True
+    if not capability.startswith("AVX512"):
+        return False
+    checks = [getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(c is not None for c in checks):
+        return any(c() for c in checks)
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 autocast on CUDA; fp32 on CPU (16x faster than bf16 autocast on CPUs without native
-    bf16 instructions, e.g. this project's AVX2 EPYC: benchmarks/precision.py, BENCHMARKS.md)."""
+    """auto: bf16 autocast on CUDA; on the CPU fp32, or bf16 where the CPU has native bf16 (cpu_native_bf16) and
+    AUTO_BF16_ON_NATIVE_CPU is on. Training only: evaluation runs in fp32 (Run.evaluate)."""
     if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        native = device.type == "cpu" and AUTO_BF16_ON_NATIVE_CPU and cpu_native_bf16()
+        return "bf16" if device.type == "cuda" or native else "fp32"
     if name not in ("fp32", "bf16"):
         raise RobustferError(f"--precision {name!r}: use auto, fp32 or bf16")
     return name
+
+
+def resumed_precision(out: Path, resolved: str) -> str:
+    """A continued run computes as it started (config.json's precision_resolved), whatever `auto` would pick on
+    this machine or in this version; `resolved` for run folders from before that field."""
+    try:
+        saved = json.loads((Path(out) / "config.json").read_text()).get("precision_resolved")
+    except (OSError, ValueError):
+        saved = None
+    return saved if saved in ("fp32", "bf16") else resolved
 
 
 def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -283,10 +325,10 @@ class Run:
         return self.method.test_network(self.model if self.ema is None else self.ema.module)
 
     def evaluate(self, select: bool = False) -> dict:
-        """Figures on the eval split, or (`select`) on the selection split."""
+        """Figures on the eval split, or (`select`) on the selection split; in fp32 whatever --precision trains
+        in, as `robustfer eval`, predict and export compute, so that the figures do not depend on it."""
         images, data = (self.select_images, self.select_data) if select else (self.eval_images, self.eval_data)
-        logits = predict_logits(self.test_model, images, self.spec.size, self.spec.channels, self.spec.norm,
-                                precision=self.precision)
+        logits = predict_logits(self.test_model, images, self.spec.size, self.spec.channels, self.spec.norm)
         scores = logits.cpu().numpy()
         # vote_kl, top_vote_prob, plausible_accuracy (T = 2) on softmax(logits) where the split has votes
         return evaluate_predictions(scores.argmax(1), data.labels, data.classes, scores, votes=data.votes)
@@ -359,6 +401,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
         check_classes(ck.get("classes", run.train_data.classes), run.train_data.classes, out / "last.pt",
                       "resume on the data the run started with, or start a new run in another --out")
         restore_checked(run.restore, ck, out / "last.pt")
+        run.precision = resumed_precision(out, run.precision)
     else:
         cfg.save(out / "config.json", {"version": robustfer.__version__, "classes": list(run.train_data.classes),
                                        "device_resolved": str(run.device), "precision_resolved": run.precision,
@@ -417,7 +460,7 @@ def write_heldout(run: Run, path: Path) -> None:
     synthetic noise, clean labels and flip mask (what cleanlab's find_label_issues needs)."""
     d = run.fold_data
     images = torch.from_numpy(np.array(d.images)).to(run.device)
-    logits = predict_logits(run.test_model, images, run.spec.size, run.spec.channels, run.spec.norm, precision=run.precision)
+    logits = predict_logits(run.test_model, images, run.spec.size, run.spec.channels, run.spec.norm)
     probs = torch.softmax(logits.float(), 1).cpu().numpy()
     extra = {} if d.flipped is None else {"clean_labels": d.clean_labels, "flipped": d.flipped}
     tmp = path.with_name(path.name + ".tmp.npz")
