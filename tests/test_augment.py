@@ -8,13 +8,15 @@ def _g(seed=0):
 
 
 def test_random_crop_is_per_sample_and_keeps_size():
-    x = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 16, 16).repeat(64, 1, 1, 1)
-    y = A.random_crop(x, _g(), padding=2)
+    x = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 16, 16).repeat(300, 1, 1, 1)
+    y = A.random_crop(x, _g(), padding=2, fill=-1.0)
     assert y.shape == x.shape
-    # shifted copies of the same image: different samples got different offsets
-    assert len({tuple(v.flatten()[:40].tolist()) for v in y}) > 5
-    # every crop is a shifted window: centre pixels come from the original grid
-    assert torch.all(y[:, :, 4:12, 4:12] >= 0)
+    # every crop is one 16 x 16 window of the image padded with the fill, and all 5 x 5 offsets occur
+    padded = torch.nn.functional.pad(x[0], (2, 2, 2, 2), value=-1.0)
+    windows = {(dy, dx): padded[:, dy:dy + 16, dx:dx + 16] for dy in range(5) for dx in range(5)}
+    found = [next((k for k, w in windows.items() if torch.equal(v, w)), None) for v in y]
+    assert None not in found, f"{found.count(None)} crops are no window of the padded image"
+    assert set(found) == set(windows), f"offsets never drawn: {sorted(set(windows) - set(found))}"
 
 
 def test_crop_is_deterministic_for_a_seed():
@@ -45,6 +47,8 @@ def test_flip_or_noise_never_both():
     noisy = ~(same | flipped)
     # p 0.5 nothing; of the rest, half flip, half noise
     assert 900 < int(same.sum()) < 1100 and 400 < int(flipped.sum()) < 600 and 400 < int(noisy.sum()) < 600
+    d = (y - x)[noisy] * 255                       # no clipping in 0.25..0.75: std sqrt(30) grey levels
+    assert abs(float(d.std()) - 30 ** 0.5) < 0.1 and abs(float(d.mean())) < 0.05
 
 
 def test_to_float_channels_and_normalize():
