@@ -23,7 +23,7 @@ from robustfer.errors import RobustferError
 from robustfer.methods.base import ViewSpec
 from robustfer.models import DEFAULT_MODEL, create_backbone, model_defaults, model_entry
 from robustfer.pretrain import create_objective, objective_class
-from robustfer.train.checkpoint import plain, restore_checked, save_atomic, stamp
+from robustfer.train.checkpoint import plain, restore_checked, save_atomic, stamp, write_atomic
 from robustfer.train.config import SavedConfig
 from robustfer.train.progress import EpochProgress
 from robustfer.train.trainer import (_truncate_metrics, anomaly_mode, backward_checked, grad_norm_figures, open_run_folder,
@@ -223,7 +223,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, sto
                                        "steps_per_epoch": run.steps_per_epoch, "labels_used": False})
         (out / "train_images.txt").write_text("".join(f + "\n" for f in run.files))
     metrics_path = out / "metrics.jsonl"
-    _truncate_metrics(metrics_path, run.epoch)
+    _truncate_metrics(metrics_path, run.epoch, run.history)
     t_start = time.perf_counter()
     with EpochProgress(quiet=quiet) as progress, anomaly_mode(detect_anomaly):
         for epoch in range(run.epoch, cfg.epochs):
@@ -249,7 +249,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, sto
     if "feature_std" in run.history[-1]:
         summary.update(feature_std_last=run.history[-1]["feature_std"],
                        feature_std_uniform=1.0 / math.sqrt(run.objective.proj_dim))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

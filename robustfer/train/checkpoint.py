@@ -48,15 +48,48 @@ def restore_checked(restore, ck: dict, path: Path) -> None:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to `path` so that a kill at any moment leaves either the old or the new file."""
+    """torch.save to `path` so that a kill at any moment leaves either the old or the new file. A kill
+    between the two steps leaves the temp file behind (a checkpoint's size each time): those of processes
+    that no longer run are removed here (tests/reliability/test_kill_resume.py)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    remove_stale_temps(path.parent)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Path.write_text that a kill cannot leave half-written (a temp file renamed over `path`)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete the `.NAME.tmpPID` files in `folder` whose writer PID is gone (killed mid-write)."""
+    for p in Path(folder).glob(".*.tmp*"):
+        pid = p.name.rpartition(".tmp")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            p.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def load_checkpoint(path: Path) -> dict:

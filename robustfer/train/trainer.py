@@ -19,7 +19,8 @@ from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detect
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method, method_class
 from robustfer.models import create_backbone, extra_loss, load_init, model_defaults, regularisers
 from robustfer.models.predict import predict_logits
-from robustfer.train.checkpoint import check_classes, load_checkpoint, plain, restore_checked, save_atomic, stamp
+from robustfer.train.checkpoint import (check_classes, load_checkpoint, plain, restore_checked, save_atomic, stamp,
+                                        write_atomic)
 from robustfer.train.config import TrainConfig, resolve
 from robustfer.train.data import load_splits, split_fold
 from robustfer.train.progress import EpochProgress
@@ -420,7 +421,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     start = run.state.epoch
     writer = SummaryWriter(str(out), purge_step=start)
     metrics_path = out / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
+    _truncate_metrics(metrics_path, start, run.history)
     best = max((selection_score(h) for h in run.history if "accuracy" in h), default=-1.0)
     t_start = time.perf_counter()
     with EpochProgress(quiet=quiet) as progress, anomaly_mode(detect_anomaly):
@@ -451,7 +452,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     if run.history and len(run.history) == cfg.epochs and run.fold_data is not None:
         write_heldout(run, out / "heldout.npz")
     if run.history and len(run.history) == cfg.epochs:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2))  # bench reads it as "cell done"
     return summary
 
 
@@ -468,11 +469,17 @@ def write_heldout(run: Run, path: Path) -> None:
     tmp.replace(path)
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Keep the first `epochs_done` lines (an epoch logged but not checkpointed is trained again)."""
-    if path.exists():
+def _truncate_metrics(path: Path, epochs_done: int, history: list[dict] | None = None) -> None:
+    """Keep the first `epochs_done` lines (an epoch logged but not checkpointed is trained again). With
+    `history` (the checkpoint's rows of those epochs) the file is rewritten from it: a file that a kill
+    left empty or cut gets its rows back. Written atomically, so a kill here cannot lose rows either."""
+    if history is not None and len(history) == epochs_done:
+        lines = [json.dumps(row) for row in history]
+    elif path.exists():
         lines = path.read_text().splitlines()[:epochs_done]
-        path.write_text("".join(line + "\n" for line in lines))
+    else:
+        return
+    write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def selection_score(row: dict, key: str = "accuracy") -> float:
