@@ -1,15 +1,18 @@
-"""NCCTFER (methods.md §1): batch class thresholds, SUM CE on confident samples, k-least-likely negative
-mask, the official stop-gradient of the negative loss, warm-up, and an end-to-end smoke run."""
+"""NCCTFER (methods.md §1): batch class thresholds with the 1e-6 tie tolerance, SUM CE on confident samples,
+k-least-likely negative mask, the official stop-gradient of the negative loss, warm-up, the constant lr as
+the trainer runs it, the views of NCCTFER's own policy, and noise detection on a separable toy problem."""
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from robustfer import randaugment as R
 from robustfer.methods import Batch, State, create_method
 from robustfer.methods.ncctfer import (class_thresholds, clamped_probs, confident_mask, negative_loss, negative_mask,
                                        positive_loss)
+from robustfer.train import TrainConfig, train
 from view_checks import SPEC, grey_levels, has_block, reference_views, textured
 
 
@@ -208,6 +211,21 @@ def test_param_groups_and_recipe():
     r = method.recipe
     assert (r["optimizer"], r["lr"], r["schedule"], r["batch_size"], r["epochs"], r["drop_last"]) == \
         ("adam", 1e-4, "constant", 128, 40, True)
+
+
+def test_trainer_keeps_the_lr_constant(tmp_path, band_faces):
+    """The RAF-DB/FERPlus recipe as the TRAINER runs it: every optimiser step of every epoch at encoder 1e-4,
+    h_p and h_n 1e-3 (constant schedule; 256 toy images, batch 128, drop_last: 2 steps an epoch)."""
+    seen = []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups]))
+    try:
+        train(TrainConfig(dataset="folder", root=str(band_faces), out=str(tmp_path / "r"), method="ncctfer", epochs=3,
+                          input_size=16, select_split="test", threads=1), quiet=True)
+    finally:
+        hook.remove()
+    assert len(seen) == 6
+    for step, got in enumerate(seen):
+        assert got == pytest.approx([1e-4, 1e-3, 1e-3], rel=1e-9), f"optimiser step {step} (epoch {step // 2})"
 
 
 def test_views_follow_the_ncctfer_policy():
