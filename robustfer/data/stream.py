@@ -121,7 +121,7 @@ class StreamedImages:
         return self.shape[0]
 
     def _to_device(self, rows: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(rows)
+        t = torch.from_numpy(rows if rows.flags.writeable else np.array(rows))  # a memory map's rows are read-only
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)

@@ -34,6 +34,7 @@ class Objective(nn.Module):
     recipe: dict = {}
     options: tuple[str, ...] = ()
     decay_everything = False      # True: weight decay on every parameter (SimSiam's SGD); else timm/MAE's rule
+    all_parameters_every_step = True  # every parameter gets a gradient in every step (DDP: no unused search)
 
     def __init__(self, backbone: nn.Module, spec: ViewSpec):
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -19,11 +20,13 @@ import torch
 
 import robustfer
 from robustfer.data import load_dataset
+from robustfer.data.stream import place_images, plan
 from robustfer.errors import RobustferError
 from robustfer.methods.base import ViewSpec
 from robustfer.models import DEFAULT_MODEL, create_backbone, model_defaults, model_entry
 from robustfer.pretrain import create_objective, objective_class
 from robustfer.train.checkpoint import plain, restore_checked, save_atomic, stamp, write_atomic
+from robustfer.train import distributed
 from robustfer.train.config import SavedConfig
 from robustfer.train.progress import EpochProgress
 from robustfer.train.trainer import (_truncate_metrics, anomaly_mode, backward_checked, grad_norm_figures, open_run_folder,
@@ -66,6 +69,7 @@ class PretrainConfig(SavedConfig):
     train_split: str = "train"
     offset: int | None = None          # skip the first N training images (pretrain on images a bench never uses)
     limit: int | None = None           # then use N images
+    data_in_memory: str | None = None  # auto | yes | no: as train's (streamed from the memory-mapped cache per batch)
 
 
 
@@ -106,7 +110,7 @@ def load_images(cfg: PretrainConfig) -> tuple[np.ndarray, list[str]]:
     images, files = data.images, data.files
     start = min(cfg.offset or 0, len(files))
     stop = min(start + cfg.limit, len(files)) if cfg.limit else len(files)
-    return np.array(images[start:stop]), list(files[start:stop])  # a copy out of the cache's memory map
+    return images[start:stop], list(files[start:stop])  # still the cache's memory map: PretrainRun places them
 
 
 def warmup_cosine(total: int, warmup: int):
@@ -125,14 +129,17 @@ class PretrainRun:
         self.cfg = cfg = resolve(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = dev = resolve_device(cfg.device)
+        self.dist = distributed.setup(cfg.device)  # under torchrun: this rank's place (else None)
+        self.main = self.dist is None or self.dist.main  # the process that writes the run folder
+        self.device = dev = self.dist.device if self.dist else resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, dev)
         size, chans = model_defaults(cfg.model)
         self.spec = ViewSpec(size=cfg.input_size or size, channels=chans, norm=cfg.norm, recipe="pretrain")
         images, self.files = load_images(cfg)  # grey/colour conversion: on the device (augment.to_float)
         if len(images) < 2:
             raise RobustferError(f"training split of {cfg.root} has {len(images)} images after --offset/--limit: need at least 2")
-        self.images = torch.from_numpy(images).to(dev)
+        share = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dev.type == "cpu" else 1  # ranks on this host
+        self.images, self.in_memory = place_images(images, dev, cfg.data_in_memory, share, quiet=not self.main)
         torch.manual_seed(cfg.seed)
         opts = {k: getattr(cfg, k) for k in OBJECTIVE_OPTIONS}
         self.objective = create_objective(cfg.objective, create_backbone(cfg.model, chans), self.spec, **opts).to(dev)
@@ -144,8 +151,10 @@ class PretrainRun:
             self.opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
         self.params = [p for g in self.opt.param_groups for p in g["params"]]  # whose gradient norm is logged
         n = len(self.images)
-        self.batch_size = bs = min(cfg.batch_size, n)
+        self.batch_size = bs = min(cfg.batch_size, n) if self.dist is None else self.dist.check_batch(cfg.batch_size, n)
         self.steps_per_epoch = n // bs  # the last partial batch is dropped (BatchNorm on a tiny batch)
+        if self.dist is not None:  # DDP around the objective; each rank trains on its equal part of every batch
+            self.objective = self.dist.wrap(self.objective, find_unused=not self.objective.all_parameters_every_step)
         total = cfg.epochs * self.steps_per_epoch
         schedule = warmup_cosine(total, round(cfg.warmup_epochs * self.steps_per_epoch))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -177,12 +186,21 @@ class PretrainRun:
     def train_epoch(self, progress: EpochProgress) -> dict:
         dev, bs = self.device, self.batch_size
         self.objective.train()
+        d = self.dist
+        if d is not None:  # seeds this rank's generator (its views); checks that the epoch order agrees
+            d.start_epoch(self.cfg.seed, self.epoch, self.g)
         perm = torch.randperm(len(self.images), generator=self.g, device=dev)
+        rows = [perm[b * bs:(b + 1) * bs] if d is None else d.part(perm[b * bs:(b + 1) * bs])
+                for b in range(self.steps_per_epoch)]  # this process's images of each batch
+        plan(self.images, rows)
         total, seen, sums, norms, t0 = 0.0, 0, {}, [], time.perf_counter()
         for b in range(self.steps_per_epoch):
-            x = self.images[perm[b * bs:(b + 1) * bs]]
+            x = self.images[rows[b]]
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                loss, stats = self.objective.loss(x, self.g)  # images and the generator: nothing else
+                if d is None:
+                    loss, stats = self.objective.loss(x, self.g)  # images and the generator: nothing else
+                else:  # inside one DDP forward, with the rank's own generator
+                    loss, stats = d.ddp(lambda objective: objective.loss(x, d.generator))
             self.opt.zero_grad(set_to_none=True)
             norms.append(backward_checked(loss, self.params, self.cfg.objective, self.epoch, b, self.cfg.lr, self.cfg.out))
             lr = self.opt.param_groups[0]["lr"]  # the rate this step used (the last step's is logged)
@@ -193,12 +211,17 @@ class PretrainRun:
             seen += len(x)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(x)
-            progress.advance(len(x))
+            progress.advance(len(x) * (1 if d is None else d.world))
         dt = time.perf_counter() - t0
+        if d is not None:  # means over the ranks (equal parts); rank 0's BatchNorm statistics everywhere
+            total, sums = d.mean(total), {k: d.mean(v) for k, v in sorted(sums.items())}
+            d.sync_buffers(self.objective)
+            seen *= d.world
         return {"loss": total / seen, "lr": lr, "images_per_s": seen / dt,
                 **{k: v / seen for k, v in sums.items()}, **grad_norm_figures(norms)}
 
 
+@distributed.job
 def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, stop_after: int | None = None,
              auto_resume: bool = False, detect_anomaly: bool = False) -> dict:
     """Pre-train (or continue) the run in cfg.out; returns summary.json's content (empty if unfinished).
@@ -216,16 +239,19 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, sto
     if resume:
         restore_checked(run.restore, ck, out / "last.pt")
         run.precision = resumed_precision(out, run.precision)
-    else:
+    elif run.main:  # under torchrun only rank 0 writes the run folder
         cfg.save(out / "config.json", {"version": robustfer.__version__, "device_resolved": str(run.device),
                                        "precision_resolved": run.precision, "input_size_resolved": run.spec.size,
                                        "input_channels": run.spec.channels, "train_images": len(run.images),
-                                       "steps_per_epoch": run.steps_per_epoch, "labels_used": False})
+                                       "steps_per_epoch": run.steps_per_epoch, "labels_used": False,
+                                       "data_in_memory_resolved": run.in_memory,
+                                       "world_size": 1 if run.dist is None else run.dist.world})
         (out / "train_images.txt").write_text("".join(f + "\n" for f in run.files))
     metrics_path = out / "metrics.jsonl"
-    _truncate_metrics(metrics_path, run.epoch, run.history)
+    if run.main:
+        _truncate_metrics(metrics_path, run.epoch, run.history)
     t_start = time.perf_counter()
-    with EpochProgress(quiet=quiet) as progress, anomaly_mode(detect_anomaly):
+    with EpochProgress(quiet=quiet or not run.main) as progress, anomaly_mode(detect_anomaly):
         for epoch in range(run.epoch, cfg.epochs):
             if stop_after is not None and epoch >= stop_after:
                 break
@@ -233,14 +259,15 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, quiet: bool = False, sto
             progress.start(f"{cfg.objective} epoch {epoch + 1}/{cfg.epochs}", run.steps_per_epoch * run.batch_size)
             row = {"epoch": epoch, **run.train_epoch(progress)}
             run.history.append(row)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            save_atomic(run.checkpoint(epoch + 1, run.wall_before + time.perf_counter() - t_start), out / "last.pt")
+            if run.main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                save_atomic(run.checkpoint(epoch + 1, run.wall_before + time.perf_counter() - t_start), out / "last.pt")
             run.epoch = epoch + 1
-            if not quiet:
+            if not quiet and run.main:
                 progress.console.print(epoch_line(row, run.objective))
     wall = run.wall_before + time.perf_counter() - t_start
-    if len(run.history) < cfg.epochs:
+    if len(run.history) < cfg.epochs or not run.main:  # under torchrun rank 0 reports
         return {}
     summary = {"objective": cfg.objective, "model": cfg.model, "epochs": len(run.history),
                "train_images": len(run.images), "loss_first": run.history[0]["loss"], "loss_last": run.history[-1]["loss"],

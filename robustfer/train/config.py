@@ -81,6 +81,10 @@ class TrainConfig(SavedConfig):
                                        # the data set's validation split, else holdout
     holdout: float = 0.1               # share of train held out for --select-split holdout
     fold: str | None = None            # I/K: train on the other folds, write fold I's probabilities (heldout.npz)
+    data_in_memory: str | None = None  # auto | yes | no: training images on the device, or streamed from the
+                                       # memory-mapped cache per batch (auto: by size against free memory)
+    sync_bn: bool | None = None        # under torchrun: SyncBatchNorm over all ranks (CUDA)
+    ddp_views: str | None = None       # under torchrun: shard (each rank augments its part) | global
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":

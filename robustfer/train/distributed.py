@@ -34,10 +34,12 @@ What each rank does, and why:
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import inspect
 import os
+import re
 import signal
 from datetime import timedelta
 
@@ -81,11 +83,12 @@ def setup(device: str, views: str | None = None) -> "Dist | None":
     global _CURRENT
     if not launched():
         return None
-    if _CURRENT is not None:
-        return _CURRENT
     views = views or "shard"
     if views not in VIEWS:
         raise RobustferError(f"--ddp-views {views!r}: use shard or global")
+    if _CURRENT is not None:  # a later run in the same processes: the same group, this run's views
+        _CURRENT.views = views
+        return _CURRENT
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise RobustferError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} unset: start several "
@@ -103,14 +106,15 @@ def setup(device: str, views: str | None = None) -> "Dist | None":
         dev, backend = torch.device("cpu"), "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s()))
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    atexit.register(teardown)  # one group per process: train / pretrain calls in it share it
     _CURRENT = Dist(rank, world, local, dev, views)
     return _CURRENT
 
 
 def teardown() -> None:
-    """Leave the process group set up by `setup` (end of a run)."""
+    """Leave the process group set up by `setup` (at exit; not after a failed collective, which may hang)."""
     global _CURRENT
-    if _CURRENT is not None and dist.is_initialized():
+    if _CURRENT is not None and not _CURRENT.broken and dist.is_initialized():
         dist.destroy_process_group()
     _CURRENT = None
 
@@ -123,7 +127,7 @@ def is_comm_failure(e: BaseException) -> bool:
 
 def comm_error(e: BaseException, out) -> RobustferError:
     """The one line a rank prints when the job breaks under it."""
-    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__)[:120]
     return RobustferError(f"rank {dist.get_rank() if dist.is_initialized() else '?'}: another rank of this torchrun job "
                           f"stopped or stopped answering ({first}); the job stops. {out}/last.pt keeps the last finished "
                           "epoch: continue with the same torchrun command and --resume (any number of processes)")
@@ -152,6 +156,7 @@ class Dist:
         self.main = rank == 0
         self.generator = torch.Generator(device=device)  # this rank's: shard views and the method's own draws
         self.ddp: nn.Module | None = None
+        self.broken = False  # a collective failed: the group is not left cleanly at exit
 
     # ---- setting a run up ----
     def check_batch(self, batch_size: int, n: int) -> int:
@@ -269,15 +274,15 @@ class Dist:
 
 def job(fn):
     """Decorates train() / pretrain(): under torchrun, a failed collective (a rank died or hangs) becomes one
-    error line, and a finished run leaves the process group."""
+    error line."""
     @functools.wraps(fn)
     def run(cfg, *args, **kwargs):
         try:
-            out = fn(cfg, *args, **kwargs)
-        except Exception as e:
-            if _CURRENT is not None and is_comm_failure(e):
-                raise comm_error(e, cfg.out) from None
+            return fn(cfg, *args, **kwargs)
+        except BaseException as e:
+            if _CURRENT is not None and (isinstance(e, KeyboardInterrupt) or is_comm_failure(e)):
+                _CURRENT.broken = True
+                if not isinstance(e, KeyboardInterrupt):
+                    raise comm_error(e, cfg.out) from None
             raise
-        teardown()
-        return out
     return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 
 import robustfer
 from robustfer.data.noise import write_noise_csv
+from robustfer.data.stream import place_images, plan
 from robustfer.errors import RobustferError, anomaly_error, check_finite_grad, check_finite_loss
 from robustfer.evaluate import evaluate_predictions, mean_by_class, noise_detection
 from robustfer.methods import Batch, Method, State, ViewSpec, create_method, method_class
@@ -23,6 +25,7 @@ from robustfer.train.checkpoint import (check_classes, load_checkpoint, plain, r
                                         write_atomic)
 from robustfer.train.config import TrainConfig, resolve
 from robustfer.train.data import load_splits, split_fold
+from robustfer.train import distributed
 from robustfer.train.progress import EpochProgress
 
 
@@ -177,7 +180,9 @@ class Run:
         self.cfg = cfg = resolve(cfg, method_class(cfg.method).recipe_for(cfg.dataset), self.method.cpu_recipe_ok)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        self.dist = distributed.setup(cfg.device, cfg.ddp_views)  # under torchrun: this rank's place (else None)
+        self.main = self.dist is None or self.dist.main  # the process that writes the run folder
+        self.device = self.dist.device if self.dist else resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         size, chans = model_defaults(cfg.model)
         self.spec = ViewSpec(size=cfg.input_size or size, channels=chans, norm=cfg.norm, recipe=cfg.recipe)
@@ -189,12 +194,12 @@ class Run:
         if len(self.train_data) < 2:
             raise RobustferError(f"training split of {cfg.root} has {len(self.train_data)} images: need at least 2")
         dev = self.device
-        self.images = torch.from_numpy(np.array(self.train_data.images)).to(dev)
+        self.images, self.in_memory = self.place(self.train_data.images, "training")  # or streamed per batch
         self.labels = torch.from_numpy(self.train_data.labels).to(dev)
         self.soft = None if self.train_data.soft is None else torch.from_numpy(self.train_data.soft).to(dev)
         self.votes = None if self.train_data.votes is None else torch.from_numpy(self.train_data.votes).to(dev)
-        self.eval_images = torch.from_numpy(np.array(self.eval_data.images)).to(dev)
-        self.select_images = None if self.select_data is None else torch.from_numpy(np.array(self.select_data.images)).to(dev)
+        self.eval_images = self.place(self.eval_data.images, "evaluation")[0]
+        self.select_images = None if self.select_data is None else self.place(self.select_data.images, "selection")[0]
 
         torch.manual_seed(cfg.seed)
         backbone = create_backbone(cfg.model, chans)
@@ -208,15 +213,23 @@ class Run:
         self.opt = make_optimizer(cfg, self.method.param_groups(self.model, cfg.lr))
         self.params = [p for g in self.opt.param_groups for p in g["params"]]  # whose gradient norm is logged
         n = len(self.train_data)
-        bs = min(cfg.batch_size, n)
+        bs = min(cfg.batch_size, n) if self.dist is None else self.dist.check_batch(cfg.batch_size, n)
         self.batch_size = bs
         self.steps_per_epoch = n // bs if cfg.drop_last else math.ceil(n / bs)
+        if self.dist is not None:  # DDP around the network; the global batch split evenly over the ranks
+            self.steps_per_epoch = self.dist.steps(n, bs, cfg.drop_last)
+            self.model = self.dist.wrap(self.model, bool(cfg.sync_bn), not self.method.all_parameters_every_step)
         self.sched, self.sched_unit = make_schedule(cfg, self.opt, self.steps_per_epoch)
         self.g = torch.Generator(device=dev).manual_seed(cfg.seed)
         self.state = State(epoch=0, epochs=cfg.epochs, num_train=n, num_classes=self.train_data.num_classes,
                            label_mode=self.train_data.extra.get("label_mode", "majority"))
         self.history: list[dict] = []
         self.wall_before = 0.0
+
+    def place(self, images, what: str):
+        """(images on the device, or streamed from their memory map per batch; 'yes' / 'no'): --data-in-memory."""
+        share = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.device.type == "cpu" else 1  # ranks on this host
+        return place_images(images, self.device, self.cfg.data_in_memory, share, what, quiet=self.quiet or not self.main)
 
     # ---- checkpoints ----
     def checkpoint(self, epoch_done: int, wall: float) -> dict:
@@ -247,19 +260,22 @@ class Run:
         cfg, st, dev = self.cfg, self.state, self.device
         self.model.train()
         n = len(self.labels)
+        if self.dist is not None:  # seeds this rank's own generator; checks that the epoch order agrees
+            self.dist.start_epoch(cfg.seed, st.epoch, self.g)
         perm = self.epoch_order(n)
+        bs = self.batch_size
+        plan(self.images, [self.rows_read(perm[b * bs:(b + 1) * bs]) for b in range(self.steps_per_epoch)])
         per_sample: dict[str, torch.Tensor] = {}
         total, seen, norms, t0 = 0.0, 0, [], time.perf_counter()
         for b in range(self.steps_per_epoch):
             idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
-            views = self.method.make_views(self.images[idx], self.g, self.spec)
+            views, idx, mine, g = self.batch_views(idx)  # mine: this process's part of the batch idx
             views = {k: v.contiguous(memory_format=torch.channels_last) for k, v in views.items()}
-            batch = Batch(views=views, labels=self.labels[idx], index=idx,
-                          soft=None if self.soft is None else self.soft[idx],
-                          votes=None if self.votes is None else self.votes[idx], generator=self.g)
+            batch = Batch(views=views, labels=self.labels[mine], index=mine,
+                          soft=None if self.soft is None else self.soft[mine],
+                          votes=None if self.votes is None else self.votes[mine], generator=g)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                loss, stats = self.method.loss(self.model, batch, st)
-                loss = loss + extra_loss(self.regularisers)  # regularisers the network carries (modules' extra_loss())
+                loss, stats = self.step_loss(batch)
             self.opt.zero_grad(set_to_none=True)
             norms.append(backward_checked(loss, self.params, cfg.method, st.epoch, b, cfg.lr, cfg.out,
                                           "lower --lr or check the labels"))
@@ -271,6 +287,8 @@ class Run:
             if self.sched_unit == "batch":
                 self.sched.step()
             st.step += 1
+            if self.dist is not None:  # every rank's per-sample state rows written on every rank; the batch's stats
+                stats = self.dist.sync_step(st, stats, mine, idx)
             for k, v in stats.items():
                 if v.dim() == 1 and len(v) == len(idx):
                     buf = per_sample.setdefault(k, torch.full((n,), float("nan"), device=dev))
@@ -279,6 +297,9 @@ class Run:
             seen += len(idx)
             progress.advance(len(idx))
         dt = time.perf_counter() - t0
+        if self.dist is not None:  # the ranks' mean loss; rank 0's BatchNorm statistics (and the EMA's) everywhere
+            total = self.dist.mean(total)
+            self.dist.sync_buffers(self.model, self.ema)
         lr = self.opt.param_groups[0]["lr"]
         if self.sched_unit == "epoch":
             self.sched.step()
@@ -293,6 +314,35 @@ class Run:
         return row
 
     def epoch_order(self, n: int) -> torch.Tensor:
+    def rows_read(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images of global batch `idx` this process reads: all of it, or under torchrun its part (shard views)
+        or the whole batch cut to a multiple of the ranks (global views)."""
+        if self.dist is None:
+            return idx
+        return self.dist.part(self.dist.trim(idx)) if self.dist.views == "shard" else self.dist.trim(idx)
+
+    def batch_views(self, idx: torch.Tensor):
+        """(views, batch, this process's part of it, generator for the method) of global batch `idx`. One process:
+        the views of all of it, from the run's generator. Under torchrun (distributed.py): rank r's equal part,
+        augmented alone with the rank's generator (shard), or cut from the whole batch's views (global)."""
+        d = self.dist
+        if d is None:
+            return self.method.make_views(self.images[idx], self.g, self.spec), idx, idx, self.g
+        idx = d.trim(idx)
+        mine = d.part(idx)
+        if d.views == "shard":
+            return self.method.make_views(self.images[mine], d.generator, self.spec), idx, mine, d.generator
+        views = self.method.make_views(self.images[idx], self.g, self.spec)
+        return {k: d.part(v) for k, v in views.items()}, idx, mine, d.generator
+
+    def step_loss(self, batch: Batch):
+        """(loss + the network's regularisers, stats) of the method; under torchrun computed inside one
+        DistributedDataParallel forward, so every model call the method makes is covered by its gradient averaging."""
+        def loss_of(model):
+            loss, stats = self.method.loss(model, batch, self.state)
+            return loss + extra_loss(self.regularisers), stats  # regularisers the network carries (extra_loss())
+        return loss_of(self.model) if self.dist is None else self.dist.ddp(loss_of)
+
         """The epoch's sample order: a permutation, or (`--sampler balanced`) n draws with replacement, each
         sample weighted 1 / (count of its given class), as torchsampler's ImbalancedDatasetSampler."""
         if self.cfg.sampler != "balanced":
@@ -329,7 +379,9 @@ class Run:
         """Figures on the eval split, or (`select`) on the selection split; in fp32 whatever --precision trains
         in, as `robustfer eval`, predict and export compute, so that the figures do not depend on it."""
         images, data = (self.select_images, self.select_data) if select else (self.eval_images, self.eval_data)
-        logits = predict_logits(self.test_model, images, self.spec.size, self.spec.channels, self.spec.norm)
+        def predict(x):
+            return predict_logits(self.test_model, x, self.spec.size, self.spec.channels, self.spec.norm)
+        logits = predict(images) if self.dist is None else self.dist.predict(predict, images)  # torchrun: in parts
         scores = logits.cpu().numpy()
         # vote_kl, top_vote_prob, plausible_accuracy (T = 2) on softmax(logits) where the split has votes
         return evaluate_predictions(scores.argmax(1), data.labels, data.classes, scores, votes=data.votes)
@@ -350,7 +402,7 @@ class Run:
 VOTE_KEYS = ("vote_kl", "top_vote_prob", "plausible_accuracy")
 
 # Options that may differ between a run and its continuation without changing its results' meaning.
-RESUMABLE_ANYWHERE = {"out", "threads", "cache_dir", "device"}
+RESUMABLE_ANYWHERE = {"out", "threads", "cache_dir", "device", "data_in_memory"}
 
 
 def check_same_settings(cfg: TrainConfig, saved_path: Path) -> None:
@@ -387,6 +439,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     """Train (or continue) the run in cfg.out; returns summary.json's content.
 
     `auto_resume`: one idempotent call for schedulers: a finished run with the same settings is returned
+@distributed.job
     as it is, an interrupted one continued, anything else started. `stop_after` ends the call after that
     many epochs in total, as a kill at an epoch boundary would (used by the resume tests). `detect_anomaly`:
     autograd's anomaly mode around the epochs (anomaly_mode; not a setting of the run, so --resume takes it)."""
@@ -403,13 +456,14 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
                       "resume on the data the run started with, or start a new run in another --out")
         restore_checked(run.restore, ck, out / "last.pt")
         run.precision = resumed_precision(out, run.precision)
-    else:
+    elif run.main:  # under torchrun only rank 0 writes the run folder
         cfg.save(out / "config.json", {"version": robustfer.__version__, "classes": list(run.train_data.classes),
                                        "device_resolved": str(run.device), "precision_resolved": run.precision,
                                        "input_size_resolved": run.spec.size, "input_channels": run.spec.channels,
                                        "train_images": len(run.train_data), "eval_images": len(run.eval_data),
                                        "select_images": None if run.select_data is None else len(run.select_data),
-                                       "init_skipped_keys": run.init_skipped})
+                                       "init_skipped_keys": run.init_skipped, "data_in_memory_resolved": run.in_memory,
+                                       "world_size": 1 if run.dist is None else run.dist.world})
         (out / "train_images.txt").write_text("".join(f + "\n" for f in run.train_data.files))
         if cfg.select_split == "holdout":
             (out / "select_images.txt").write_text("".join(f + "\n" for f in run.select_data.files))
@@ -419,12 +473,13 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     from torch.utils.tensorboard import SummaryWriter
 
     start = run.state.epoch
-    writer = SummaryWriter(str(out), purge_step=start)
+    writer = SummaryWriter(str(out), purge_step=start) if run.main else None
     metrics_path = out / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start, run.history)
+    if run.main:
+        _truncate_metrics(metrics_path, start, run.history)
     best = max((selection_score(h) for h in run.history if "accuracy" in h), default=-1.0)
     t_start = time.perf_counter()
-    with EpochProgress(quiet=quiet) as progress, anomaly_mode(detect_anomaly):
+    with EpochProgress(quiet=quiet or not run.main) as progress, anomaly_mode(detect_anomaly):
         for epoch in range(start, cfg.epochs):
             if stop_after is not None and epoch >= stop_after:
                 break
@@ -439,6 +494,8 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "epoch":
                     writer.add_scalar(k, v, epoch)
+            if not run.main:
+                continue
             writer.flush()
             wall = run.wall_before + time.perf_counter() - t_start
             ck = run.checkpoint(epoch + 1, wall)
@@ -447,13 +504,14 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
                 save_atomic(ck, out / "best.pt")
             save_atomic(ck, out / "last.pt")
             progress.report(row)
-    writer.close()
+    if writer is not None:
+        writer.close()
     summary = summarize(run.history, run.wall_before + time.perf_counter() - t_start, cfg.select_split)
-    if run.history and len(run.history) == cfg.epochs and run.fold_data is not None:
+    if run.main and run.history and len(run.history) == cfg.epochs and run.fold_data is not None:
         write_heldout(run, out / "heldout.npz")
-    if run.history and len(run.history) == cfg.epochs:
+    if run.main and run.history and len(run.history) == cfg.epochs:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))  # bench reads it as "cell done"
-    return summary
+    return summary if run.main else {}  # under torchrun rank 0 reports
 
 
 def write_heldout(run: Run, path: Path) -> None:
