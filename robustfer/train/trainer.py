@@ -313,7 +313,6 @@ class Run:
             row[f"{k}_mean_by_class"] = mean_by_class(v.cpu().numpy(), labels, list(self.train_data.classes))
         return row
 
-    def epoch_order(self, n: int) -> torch.Tensor:
     def rows_read(self, idx: torch.Tensor) -> torch.Tensor:
         """The images of global batch `idx` this process reads: all of it, or under torchrun its part (shard views)
         or the whole batch cut to a multiple of the ranks (global views)."""
@@ -343,6 +342,7 @@ class Run:
             return loss + extra_loss(self.regularisers), stats  # regularisers the network carries (extra_loss())
         return loss_of(self.model) if self.dist is None else self.dist.ddp(loss_of)
 
+    def epoch_order(self, n: int) -> torch.Tensor:
         """The epoch's sample order: a permutation, or (`--sampler balanced`) n draws with replacement, each
         sample weighted 1 / (count of its given class), as torchsampler's ImbalancedDatasetSampler."""
         if self.cfg.sampler != "balanced":
@@ -434,12 +434,12 @@ def open_run_folder(out: Path, cfg, config_cls, resume: bool, auto_resume: bool)
     return cfg, None, None
 
 
+@distributed.job
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after: int | None = None,
           auto_resume: bool = False, detect_anomaly: bool = False) -> dict:
     """Train (or continue) the run in cfg.out; returns summary.json's content.
 
     `auto_resume`: one idempotent call for schedulers: a finished run with the same settings is returned
-@distributed.job
     as it is, an interrupted one continued, anything else started. `stop_after` ends the call after that
     many epochs in total, as a kill at an epoch boundary would (used by the resume tests). `detect_anomaly`:
     autograd's anomaly mode around the epochs (anomaly_mode; not a setting of the run, so --resume takes it)."""
@@ -489,13 +489,13 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:  # the last epoch always
                 row.update(run.evaluate_row())
             run.history.append(row)
+            if not run.main:
+                continue
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "epoch":
                     writer.add_scalar(k, v, epoch)
-            if not run.main:
-                continue
             writer.flush()
             wall = run.wall_before + time.perf_counter() - t_start
             ck = run.checkpoint(epoch + 1, wall)
@@ -525,6 +525,7 @@ def write_heldout(run: Run, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, files=np.array(d.files), labels=d.labels, probs=probs, classes=np.array(d.classes), **extra)
     tmp.replace(path)
+
 
 
 def _truncate_metrics(path: Path, epochs_done: int, history: list[dict] | None = None) -> None:
