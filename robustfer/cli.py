@@ -322,6 +322,22 @@ def _train_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--holdout", type=float, default=0.1, help="share of train held out for --select-split holdout")
     s.add_argument("--fold", help="I/K cross-fitting: train on the other K-1 seeded folds of the training images and "
                    "write fold I's predicted probabilities to RUN/heldout.npz (bench's cleanlab comparison)")
+    _scale_args(s)
+    s.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun on GPUs: SyncBatchNorm, statistics over the whole global batch (default off: "
+                   "each rank normalises its own part)")
+    s.add_argument("--ddp-views", choices=("shard", "global"), default=None,
+                   help="under torchrun: shard (default) = each rank augments its part of the batch with its own seeded "
+                   "generator; global = every rank augments the whole batch and keeps its part, the 1-process run's exact "
+                   "views (N times the augmentation work: for checks)")
+
+
+def _scale_args(s: argparse.ArgumentParser) -> None:
+    """Options of train and pretrain for data larger than memory (several processes: torchrun, README)."""
+    s.add_argument("--data-in-memory", choices=("auto", "yes", "no"), default=None,
+                   help="training images as one tensor on the device (yes), or left in the memory-mapped cache and "
+                   "moved to the device batch by batch (no); auto (default): no when they take more than half the free "
+                   "memory")
 
 
 def cmd_pretrain(args) -> None:
@@ -378,23 +394,8 @@ def _pretrain_parser(sub) -> None:
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     s.add_argument("--threads", type=int, help="CPU threads for torch")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     _scale_args(s)
-    s.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="under torchrun on GPUs: SyncBatchNorm, statistics over the whole global batch (default off: "
-                   "each rank normalises its own part)")
-    s.add_argument("--ddp-views", choices=("shard", "global"), default=None,
-                   help="under torchrun: shard (default) = each rank augments its part of the batch with its own seeded "
-                   "generator; global = every rank augments the whole batch and keeps its part, the 1-process run's exact "
-                   "views (N times the augmentation work: for checks)")
-
-
-def _scale_args(s: argparse.ArgumentParser) -> None:
-    """Options of train and pretrain for data larger than memory (several processes: torchrun, README)."""
-    s.add_argument("--data-in-memory", choices=("auto", "yes", "no"), default=None,
-                   help="training images as one tensor on the device (yes), or left in the memory-mapped cache and "
-                   "moved to the device batch by batch (no); auto (default): no when they take more than half the free "
-                   "memory")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     s.add_argument("--auto-resume", action="store_true", help="idempotent: skip a finished run with these settings, "
                    "continue an interrupted one, else start (bench's [pretrain] stage)")
     s.add_argument("--detect-anomaly", action="store_true", help="debugging a NaN/inf: autograd's anomaly mode "
@@ -451,7 +452,6 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="robustfer", description="FER under noisy and ambiguous labels")
     sub = p.add_subparsers(dest="command", required=True)
-    _scale_args(s)
 
     s = sub.add_parser("methods", help="list the training methods")
     s.set_defaults(func=cmd_methods)
