@@ -42,6 +42,20 @@ def test_prior_maps_prototype_aus_to_their_emotion_by_name(dataset):
         assert classes[int(head.prior_logits(_aus(12, 14)).argmax())] == "contempt"
 
 
+# methods.md §4: the EMFACS prototypes, written out (contempt one-sided AU12+AU14; neutral no AU active)
+EMFACS = {"happiness": {6, 12}, "sadness": {1, 4, 15}, "surprise": {1, 2, 5, 26}, "fear": {1, 2, 4, 5, 7, 20, 26},
+          "anger": {4, 5, 7, 23}, "disgust": {9, 15, 16}, "contempt": {12, 14}, "neutral": set()}
+
+
+@pytest.mark.parametrize("dataset", ["ferplus", "rafdb"])
+def test_prior_rows_are_the_emfacs_prototypes(dataset):
+    classes = CANONICAL[dataset]
+    prior = prior_matrix(classes)
+    assert prior.shape == (len(classes), len(AUS)) and set(prior.unique().tolist()) <= {0.0, 1.0}
+    got = {c: {au for au, on in zip(AUS, prior[i].tolist()) if on} for i, c in enumerate(classes)}
+    assert got == {c: EMFACS[c] for c in classes}
+
+
 def test_prior_rows_follow_the_class_names_not_the_positions():
     a, b = prior_matrix(CANONICAL["ferplus"]), prior_matrix(CANONICAL["rafdb"])
     for name in CANONICAL["rafdb"]:
