@@ -56,7 +56,7 @@ def cpu_native_bf16() -> bool:
     /proc/cpuinfo's flags) under torch's AVX-512 kernels (torch.backends.cpu.get_cpu_capability() 'AVX512').
     torch 2.14 reports no bf16 level there ('DEFAULT', 'AVX2', 'AVX512', 'SVE256'...); a capability that names
     one ('AVX512_BF16', 'AMX') counts by itself. Without it oneDNN emulates bf16: 16x slower than fp32 on an
-    AVX2 EPYC (BENCHMARKS.md), while an AVX-512-BF16 EPYC ran a compact-CNN step 1.7x faster in bf16."""
+    AVX2 EPYC (BENCHMARKS.md), while an AVX-512-BF16 EPYC ran compact-CNN steps 1.3-2x faster in bf16."""
     capability = torch.backends.cpu.get_cpu_capability().upper()
     if "BF16" in capability or "AMX" in capability:
         return True
