@@ -74,7 +74,10 @@ def timeout_s() -> float:
 
 
 def _stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # torchrun stops the other ranks with SIGTERM: unwind (temp files removed), exit 130
+    """torchrun stops the other ranks with SIGTERM: unwind once (temp files removed), exit 130; a second one
+    while unwinding or exiting is ignored (no traceback out of the shutdown)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def setup(device: str, views: str | None = None) -> "Dist | None":
@@ -127,7 +130,8 @@ def is_comm_failure(e: BaseException) -> bool:
 
 def comm_error(e: BaseException, out) -> RobustferError:
     """The one line a rank prints when the job breaks under it."""
-    first = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__)[:120]
+    text = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0][:120]  # gloo's "[file:line] What happened. Hint"
     return RobustferError(f"rank {dist.get_rank() if dist.is_initialized() else '?'}: another rank of this torchrun job "
                           f"stopped or stopped answering ({first}); the job stops. {out}/last.pt keeps the last finished "
                           "epoch: continue with the same torchrun command and --resume (any number of processes)")
@@ -282,6 +286,7 @@ def job(fn):
         except BaseException as e:
             if _CURRENT is not None and (isinstance(e, KeyboardInterrupt) or is_comm_failure(e)):
                 _CURRENT.broken = True
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's stop may follow: print the line, exit
                 if not isinstance(e, KeyboardInterrupt):
                     raise comm_error(e, cfg.out) from None
             raise
