@@ -428,7 +428,11 @@ def open_run_folder(out: Path, cfg, config_cls, resume: bool, auto_resume: bool)
             return cfg, None, json.loads((out / "summary.json").read_text())
         resume = True
     if resume:
-        return config_cls.load(out / "config.json"), load_checkpoint(out / "last.pt"), None
+        saved = config_cls.load(out / "config.json")
+        if not (out / "last.pt").exists():  # stopped before its first checkpoint: nothing to continue
+            raise RobustferError(f"{out} holds no checkpoint yet (last.pt; the run stopped during its first epoch): "
+                                 "start it again with the command that made it (--auto-resume does so too)")
+        return saved, load_checkpoint(out / "last.pt"), None
     if (out / "last.pt").exists():
         raise RobustferError(f"{out} already holds a run (last.pt): continue it with --resume or choose another --out")
     return cfg, None, None

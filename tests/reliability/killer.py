@@ -6,8 +6,8 @@ Two ways to start a command, both real processes that a SIGKILL ends with no cle
 - `Forker`: a helper interpreter that has imported robustfer, torch and TensorBoard once and os.fork()s one
   child per command, which calls `robustfer.cli.main(argv)` exactly as the console script does. A start
   costs milliseconds instead of seconds, so a test can afford 20+ kills.
-The uninterrupted reference runs use `Exec`, the kill chains mostly `Forker`: equal results also show that
-the forked children behave as the real command.
+The train test's uninterrupted reference and two of its kills use `Exec`, everything else `Forker`: equal
+results also show that the forked children behave as the real command.
 
 Each started command gets its own session (process group); `kill()` is `killpg(SIGKILL)`, so a `bench`
 dies together with the `train` processes it started.
@@ -18,7 +18,6 @@ import json
 import os
 import random
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -344,7 +343,3 @@ def wait_done(proc, timeout: float = 600.0) -> int:
             raise AssertionError(f"no exit within {timeout} s")
         time.sleep(0.01)
     return proc.wait()
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst)

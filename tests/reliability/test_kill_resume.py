@@ -39,8 +39,8 @@ def train_args(root: Path, out: Path, *extra: str, epochs: int = 6) -> list[str]
 
 
 def resume_train(run: Path) -> list[str]:
-    """`train --resume`; before the first checkpoint exists (killed in epoch 0) --resume has nothing to
-    continue, so the user's own command starts the run again (as --auto-resume would)."""
+    """`train --resume`; before the first checkpoint (a kill in epoch 0) there is nothing to continue and
+    --resume says so in one line: the first command starts the run again (as --auto-resume would)."""
     if (run / "last.pt").exists():
         return ["train", "--out", str(run), "--resume", "--quiet"]
     return json.loads((run.parent / f"{run.name}.argv").read_text())
@@ -104,7 +104,8 @@ def train_chain(tmp: Path, root: Path, forker: Forker, kills, *extra: str, epoch
     (tmp / "killed.argv").write_text(json.dumps(argv))
     logs = tmp / "logs"
     logs.mkdir()
-    chain = Chain(argv, resume_train, run, lambda: [run / "metrics.jsonl"], epochs, epoch_seconds(tmp / "ref"))
+    epoch_s = epoch_seconds(tmp / "ref") if (tmp / "ref" / "summary.json").exists() else 1.0
+    chain = Chain(argv, resume_train, run, lambda: [run / "metrics.jsonl"], epochs, epoch_s)
     chain.go(kills, forker, logs, finish)
     return chain
 
@@ -250,3 +251,17 @@ def test_resume_restores_metrics_a_kill_left_torn(tmp_path, tiny_ferplus, forker
     assert wait_done(forker.start(resume_train(run), logs / "resume.log", logs)) == 0
     show(f"torn metrics.jsonl {torn!r}", chain, 1)
     assert_same_run(tmp_path / "ref", run)
+
+
+def test_resume_before_the_first_checkpoint_says_so(tmp_path, tiny_ferplus, forker):
+    """Killed inside its first checkpoint write, a run has no last.pt: --resume has nothing to continue and
+    says so in one line (exit 2), naming the way on; the first command then starts the run again."""
+    chain = train_chain(tmp_path, tiny_ferplus, forker, [Kill("write", 0)], epochs=2, finish=False)
+    run = tmp_path / "killed"
+    assert chain.kills == 1 and not (run / "last.pt").exists()
+    log = tmp_path / "resume.log"
+    assert wait_done(forker.start(["train", "--out", str(run), "--resume", "--quiet"], log, tmp_path)) == 2
+    lines = log.read_text().splitlines()
+    assert lines == [f"error: {run} holds no checkpoint yet (last.pt; the run stopped during its first epoch): "
+                     "start it again with the command that made it (--auto-resume does so too)"]
+    assert wait_done(forker.start(resume_train(run), log, tmp_path)) == 0 and (run / "summary.json").exists()
