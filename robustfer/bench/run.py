@@ -16,6 +16,7 @@ from pathlib import Path
 
 from robustfer.bench.grid import Cell, command_line, train_argv, with_threads
 from robustfer.errors import RobustferError
+from robustfer.train.checkpoint import write_atomic
 from robustfer.train.config import TrainConfig
 
 
@@ -48,9 +49,9 @@ def write_plan(out: Path, cells: list[Cell], stage: TrainConfig | None) -> None:
                                      f"(differing arguments {changed[:6]}): use another --out, or delete {path.parent}")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(meta, indent=2, default=str))
+            write_atomic(path, json.dumps(meta, indent=2, default=str))  # a kill never leaves a torn cell.json
         lines.append(command_line(cfg))
-    (out / "commands.txt").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "commands.txt", "\n".join(lines) + "\n")
 
 
 def run_one(cfg: TrainConfig, threads: int | None, procs: set | None = None) -> int:

@@ -21,7 +21,9 @@ class SavedConfig:
     command = "train"  # the command whose run folders hold it, for the error line
 
     def save(self, path: Path, extra: dict) -> None:
-        Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2, default=str))  # Paths from the Python API
+        from robustfer.train.checkpoint import write_atomic  # a kill never leaves a torn config.json
+
+        write_atomic(Path(path), json.dumps({**asdict(self), **extra}, indent=2, default=str))  # Paths from the Python API
 
     @classmethod
     def read_fields(cls, path: Path) -> dict:
