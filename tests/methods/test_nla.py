@@ -206,6 +206,22 @@ def test_flipped_view_is_the_exact_mirror_with_the_same_erased_patch(nla):
     assert torch.equal((flip == 0), (orig == 0).flip(-1))
 
 
+def test_official_view_is_noise_resize_normalise_flip_then_erasing_0_02_to_0_3(nla):
+    """The official 'orig' view, rebuilt from the building blocks with the published parameters written out
+    (RandomErasing scale (0.02, 0.3), ratio (0.3, 3.3), value 0): a changed erasing scale or order fails."""
+    from robustfer import augment as A
+    from robustfer.methods.nla import pixel_noise_uint8
+
+    x = torch.randint(0, 256, (32, 1, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    spec = ViewSpec(size=40, channels=1, norm="rafdb")
+    got = nla.make_views(x, torch.Generator().manual_seed(4), spec)["orig"]
+    g = torch.Generator().manual_seed(4)
+    f = pixel_noise_uint8(A.to_float(x, 1), g)
+    f = A.hflip(A.normalize(A.resize(f, 40), "rafdb"), g)
+    want = A.random_erasing(f, g, p=0.5, scale=(0.02, 0.3), ratio=(0.3, 3.3), value=0.0)
+    assert torch.equal(got, want), "NLA's view is not noise -> resize -> normalise -> flip -> RandomErasing(0.5, (0.02, 0.3))"
+
+
 def test_views_are_seeded_and_cpu_recipe_uses_the_shared_weak_view(nla):
     x = torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     spec = ViewSpec(size=48, channels=1, norm="rafdb")
