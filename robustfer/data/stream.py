@@ -69,8 +69,9 @@ class RowView:
             return RowView(self.base, self.index[key])
         if isinstance(key, (int, np.integer)):
             return np.asarray(self.base[self.index[key]])
-        if isinstance(key, tuple):
-            return np.asarray(self)[key]
+        if isinstance(key, tuple):  # rows first (read only those), then the rest of the index
+            rows = np.asarray(self[key[0]])
+            return rows[key[1:]] if isinstance(key[0], (int, np.integer)) else rows[(slice(None),) + key[1:]]
         return read_rows(self.base, self.index[np.asarray(key)])
 
     def __array__(self, dtype=None, copy=None):

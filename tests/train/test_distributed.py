@@ -236,6 +236,8 @@ def test_streamed_images_read_planned_batches_and_windows(tmp_path):
     view = take_rows(mm, np.arange(40, 0, -1))  # a subset of a memory map is not read yet
     assert isinstance(view, RowView) and view.shape == (40, 1, 4, 4) and view.nbytes == 40 * 16
     assert np.array_equal(np.array(view), arr[np.arange(40, 0, -1)]) and np.array_equal(view[3], arr[37])
+    assert np.array_equal(view[3, 0, 1], arr[37, 0, 1]) and np.array_equal(view[[0, 2], 0], arr[[40, 38], 0])
+    assert isinstance(view[5:9], RowView) and np.array_equal(np.asarray(view[5:9]), arr[35:31:-1])
     assert isinstance(take_rows(np.array(arr), [1, 2]), np.ndarray)  # an in-memory array is copied as before
     s = StreamedImages(view, torch.device("cpu"))
     keys = [torch.tensor([5, 1, 7]), torch.tensor([0, 39])]
