@@ -122,8 +122,9 @@ def main(out: Path, root: Path) -> None:
         return real(self, progress)
 
     trainer.Run.train_epoch = recording
-    # SCN relabelling from the first epoch (margin 0.05: many relabels): its per-sample state on every rank
-    train(config(root, out / "scn", method="scn", noise="symmetric:0.3",
+    # SCN relabelling from the first epoch (margin 0.05: many relabels): its per-sample state on every rank;
+    # the images streamed from the memory-mapped cache (training batches and the evaluation's parts)
+    train(config(root, out / "scn", method="scn", noise="symmetric:0.3", data_in_memory="no",
                  method_options={"warmup": 0, "margin_2": 0.05}), quiet=True)
     run = runs[-1]
     seen["scn"] = {"state": {k: v.cpu() for k, v in run.state.tensors.items()},

@@ -71,9 +71,9 @@ def test_ddp_gradient_is_the_mean_of_the_ranks_gradients(two_ranks):
 
 
 def test_per_sample_state_weights_and_figures_are_identical_on_every_rank(two_ranks):
-    """SCN relabelling from the first step, 2 epochs on BatchNorm's compact_s: each rank relabels its own part
-    of each batch; after the run the relabel table, the weights, BatchNorm's statistics and every logged
-    figure (evaluation gathered from both ranks' parts) are the same on both ranks."""
+    """SCN relabelling from the first step, 2 epochs on BatchNorm's compact_s, images streamed from the cache:
+    each rank relabels its own part of each batch; after the run the relabel table, the weights, BatchNorm's
+    statistics and every logged figure (evaluation gathered from both ranks' parts) are the same on both ranks."""
     _, (a, b) = two_ranks
     sa, sb = a["scn"], b["scn"]
     assert set(sa["state"]) == {"scn_labels"} and int((sa["state"]["scn_labels"] >= 0).sum()) > 10
@@ -92,7 +92,7 @@ def test_only_rank_0_writes_the_run_folder(two_ranks):
     assert len(rows(run)) == 2 and len(list(run.glob("events.out.tfevents.*"))) == 1
     assert not list(run.glob(".*tmp*")) and (run / "summary.json").is_file()
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["world_size"] == 2 and cfg["data_in_memory_resolved"] == "yes"
+    assert cfg["world_size"] == 2 and cfg["data_in_memory_resolved"] == "no"  # streamed, evaluation too
     ck = torch.load(run / "last.pt", weights_only=False)
     assert not any(k.startswith("module.") for k in ck["model"])  # the bare network: any number of ranks loads it
     pre = out / "pretrain"  # SimSiam through DDP
