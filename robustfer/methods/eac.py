@@ -30,6 +30,7 @@ from robustfer.errors import RobustferError
 from robustfer.methods.base import Batch, Method, State, ViewSpec
 from robustfer.methods.ce import CE
 from robustfer.methods.nla import pixel_noise_uint8
+from robustfer.models.cam import class_activation_maps
 
 
 class EACNet(nn.Module):
@@ -45,7 +46,7 @@ class EACNet(nn.Module):
     def cam_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits N x C, CAMs N x C x h x w with the classifier weight detached)."""
         fmap = self.backbone.forward_map(x)
-        cams = torch.einsum("kc,nchw->nkhw", self.fc.weight.detach().to(fmap.dtype), fmap)
+        cams = class_activation_maps(fmap, self.fc.weight.detach())  # models/cam.py: explain draws the same maps
         return self.fc(fmap.mean((2, 3))), cams
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
