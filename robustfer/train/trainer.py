@@ -311,6 +311,7 @@ class Run:
             if k.endswith("argmax"):
                 continue  # class indices: scored against the clean labels in noise_figures
             row[f"{k}_mean_by_class"] = mean_by_class(v.cpu().numpy(), labels, list(self.train_data.classes))
+        self.last_samples = per_sample  # samples.npz (write_samples)
         return row
 
     def rows_read(self, idx: torch.Tensor) -> torch.Tensor:
@@ -507,6 +508,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
                 best = selection_score(row)
                 save_atomic(ck, out / "best.pt")
             save_atomic(ck, out / "last.pt")
+            write_samples(run, out / "samples.npz")
             progress.report(row)
     if writer is not None:
         writer.close()
@@ -530,6 +532,17 @@ def write_heldout(run: Run, path: Path) -> None:
     np.savez(tmp, files=np.array(d.files), labels=d.labels, probs=probs, classes=np.array(d.classes), **extra)
     tmp.replace(path)
 
+
+def write_samples(run: Run, path: Path) -> None:
+    """The last epoch's per-sample statistics of the method (flagged_noisy, weight, label_prob, argmax, ...; NaN
+    where a sample was not drawn) with the given labels, and under synthetic noise the clean labels and flip
+    mask: what `robustfer report` plots the training features by. Rewritten every epoch, atomically."""
+    d = run.train_data
+    extra = {} if d.flipped is None else {"clean_labels": d.clean_labels, "flipped": d.flipped}
+    stats = {f"stat_{k}": v.cpu().numpy() for k, v in getattr(run, "last_samples", {}).items()}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, labels=run.labels.cpu().numpy(), epoch=run.state.epoch, **extra, **stats)
+    tmp.replace(path)
 
 
 def _truncate_metrics(path: Path, epochs_done: int, history: list[dict] | None = None) -> None:
