@@ -248,6 +248,63 @@ def _serve_parser(sub) -> None:
     s.set_defaults(func=cmd_serve)
 
 
+def cmd_explain(args) -> int:
+    from robustfer.infer.explain import run_explain
+
+    return run_explain(args.inputs, args.out, checkpoint=args.checkpoint, given=args.given, detector=args.detector,
+                       no_detect=args.no_detect, device=args.device)
+
+
+def _explain_parser(sub) -> None:
+    s = sub.add_parser(
+        "explain", help="heat maps (Grad-CAM / CAM) of where the model looks, per face",
+        description="For each face in the images (found and cropped as predict does), a Grad-CAM heat map of the "
+                    "predicted class (CAM for the CNNs' linear heads; ViTs: Grad-CAM on the patch-token map) over the "
+                    "face, and with --given of that class too: OUT/<image>.cam.png and one line per face. An image "
+                    "without a face gets one line 'PATH: no face found' and no file. Exit status as predict's.")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images (recursive)")
+    s.add_argument("--checkpoint", help="a train checkpoint (.pt) or run folder (its best.pt, else last.pt); "
+                   "default: the shipped model")
+    from robustfer.infer.detect import DEFAULT_DETECTOR, DETECTORS
+
+    s.add_argument("--detector", choices=list(DETECTORS), help=f"face detector (default {DEFAULT_DETECTOR})")
+    s.add_argument("--no-detect", action="store_true", help="take each image whole (inputs that are face crops)")
+    s.add_argument("--out", required=True, help="folder for the heat-map PNGs (the inputs' relative paths kept)")
+    s.add_argument("--given", metavar="CLASS", help="also the heat map of this class (e.g. the image's training label)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.set_defaults(func=cmd_explain)
+
+
+def cmd_report(args) -> None:
+    from robustfer.report import make_report
+
+    r = make_report(args.run, checkpoint=args.checkpoint, out=args.out, root=args.root, max_points=args.max_points,
+                    top=args.top, seed=args.seed, device=args.device, quiet=args.quiet)
+    print(f"report of {args.run} ({Path(r['checkpoint']).name}, epoch {r['epoch']}): {len(r['figures'])} figures in "
+          f"{args.out or Path(args.run) / 'report'} ({r['total_s']:.0f} s; trust signal: {r['trust_signal']})")
+
+
+def _report_parser(sub) -> None:
+    s = sub.add_parser(
+        "report", help="figures of a train run: t-SNE of features, confusion heat map, per-class recall, the "
+                       "training images the method distrusts most",
+        description="Qualitative figures of a train run folder, as PNG in RUN/report/ with report.json (the seconds "
+                    "each took): confusion.png, recall.png, tsne_test.png (eval features by class), "
+                    "tsne_train_noise.png (synthetic noise: training features by clean vs flipped label and by the "
+                    "method's flag from RUN/samples.npz), distrusted.png (given vs predicted label).")
+    s.add_argument("run", metavar="RUN", help="a train run folder (--out of `robustfer train`)")
+    s.add_argument("--checkpoint", default="last", help="last (default: the epoch of samples.npz), best, or a .pt path")
+    s.add_argument("--out", help="folder for the figures (default RUN/report)")
+    s.add_argument("--root", help="the data set's folder, if it moved since training (default: the run's --root)")
+    s.add_argument("--max-points", type=int, default=6000, help="t-SNE on at most N images per plot, seeded "
+                   "sample (default 6000)")
+    s.add_argument("--top", type=int, default=32, help="images in distrusted.png (default 32)")
+    s.add_argument("--seed", type=int, default=0, help="t-SNE and sampling seed (default 0)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.set_defaults(func=cmd_report)
+
+
 def cmd_export(args) -> None:
     from robustfer.infer.export import export_onnx, export_slim
 
@@ -439,6 +496,10 @@ def cmd_bench(args) -> None:
     signal.signal(signal.SIGTERM, _stop)
     run_bench(grid, args.out, workers=args.workers, dry_run=args.dry_run, live=not args.no_live,
               collect_only=args.collect_only)
+    if args.report and not args.dry_run:  # robustfer report of every finished cell that has none yet
+        from robustfer.report import report_grid
+
+        report_grid(args.out)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -507,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-live", action="store_true", default=False, help="no live table")
     s.add_argument("--collect-only", action="store_true", default=False,
                    help="write the tables and plots of the finished cells; train nothing")
+    s.add_argument("--report", action="store_true", default=False, help="then `robustfer report` each finished cell "
+                   "(CELL/report/: t-SNE, confusion, recall, distrusted images) that has no report yet")
     s.add_argument("--cleanlab-folds", type=int, default=None, help="also run cleanlab on K-fold cross-fitted CE "
                    "probabilities for every noisy setting and score it beside the methods' flags")
     s.add_argument("--cleanlab-epochs", type=int, default=None, help="epochs of each cross-fitting fold (default the cells')")
@@ -545,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
     _predict_parser(sub)
     _serve_parser(sub)
+    _explain_parser(sub)
+    _report_parser(sub)
 
     s = sub.add_parser("audit", help="rank the training images by how likely their label is wrong (cleanlab on "
                        "out-of-sample probabilities); csv image,given_label,suggested_label,score + contact sheet")

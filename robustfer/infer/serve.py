@@ -19,9 +19,10 @@ TITLE = "robustfer: facial expressions"
 BAR_COLOUR = "#3b82f6"
 
 
-def faces_html(faces: list[Face], classes: tuple[str, ...]) -> str:
-    """One block per face: its number, label and a bar per class (most likely first). Each block is a
-    `div.rf-face` with `data-label`, so a test (or a user's script) can read the result off the page."""
+def faces_html(faces: list[Face], classes: tuple[str, ...], cams: list[str] | None = None) -> str:
+    """One block per face: its number, label and a bar per class (most likely first), beside it the heat map of
+    the predicted class (`cams`: PNG data URIs, infer/explain.py) when given. Each block is a `div.rf-face` with
+    `data-label`, so a test (or a user's script) can read the result off the page."""
     if not faces:
         return '<div class="rf-none">No face found in this image. Try a photo where the face is larger or frontal.</div>'
     parts = []
@@ -36,11 +37,16 @@ def faces_html(faces: list[Face], classes: tuple[str, ...]) -> str:
                 f'<span style="display:block;width:{100 * p:.1f}%;height:12px;background:{BAR_COLOUR};'
                 f'border-radius:3px"></span></span><span style="width:48px;text-align:right">{100 * p:.1f}%</span></div>')
         where = "whole image" if f.whole or f.box is None else "box x={} y={} w={} h={}".format(*f.box)
+        bars = "".join(rows)
+        if cams and cams[i - 1]:  # the heat map left of the bars: where the model looked for the predicted class
+            bars = (f'<div style="display:flex;gap:10px;align-items:flex-start"><img class="rf-cam" '
+                    f'src="{cams[i - 1]}" width="96" height="96" alt="heat map of {html.escape(str(f.label))}" '
+                    f'title="Grad-CAM of {html.escape(str(f.label))}"><div style="flex:1">{bars}</div></div>')
         parts.append(
             f'<div class="rf-face" data-label="{html.escape(str(f.label))}" style="margin:8px 0">'
             f'<div style="font-weight:600">Face {i}: <span class="rf-label">{html.escape(str(f.label))}</span> '
             f'({100 * f.probs.get(f.label, 0.0):.1f}%) <span style="font-weight:400;color:#6b7280">{where}</span></div>'
-            + "".join(rows) + "</div>")
+            + bars + "</div>")
     return "\n".join(parts)
 
 
@@ -54,9 +60,20 @@ def analyse(predictor: Predictor, image: np.ndarray | None) -> tuple[np.ndarray 
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         return None, f'<div class="rf-error">Not an image this page can read (array of shape {img.shape}).</div>'
     img = np.ascontiguousarray(img[:, :, :3]).astype(np.uint8, copy=False)
-    faces = predictor.predict(img)
+    faces, cams = faces_and_cams(predictor, img)
     shown = annotate(np.ascontiguousarray(img[:, :, ::-1]), faces)[:, :, ::-1]
-    return np.ascontiguousarray(shown), faces_html(faces, predictor.classes)
+    return np.ascontiguousarray(shown), faces_html(faces, predictor.classes, cams)
+
+
+def faces_and_cams(predictor: Predictor, img: np.ndarray) -> tuple[list[Face], list[str] | None]:
+    """The faces (as predict finds and classifies them) and each one's heat-map data URI; an ONNX model has no
+    gradients: its faces come without heat maps."""
+    if getattr(predictor, "_model", None) is None:
+        return predictor.predict(img), None
+    from robustfer.infer.explain import explain, overlay_data_uri
+
+    found = explain(predictor, img)
+    return [e.face for e in found], [overlay_data_uri(e) for e in found]
 
 
 def build_app(predictor: Predictor):

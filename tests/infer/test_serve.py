@@ -89,6 +89,11 @@ def test_page_in_headless_chromium(model, photo):
                 page.locator("#rf-classify").click()
                 page.locator(".rf-face").first.wait_for(timeout=60_000)
                 labels = page.locator(".rf-face").evaluate_all("els => els.map(e => e.dataset.label)")
+                page.locator(".rf-face img.rf-cam").first.wait_for(timeout=60_000)
+                # each face's heat map beside its bars, decoded (96 x 96 px) and shown by the browser
+                cams = page.locator(".rf-face").evaluate_all(
+                    "els => els.map(e => { const i = e.querySelector('img.rf-cam'); "
+                    "return i && i.complete ? [i.naturalWidth, i.getBoundingClientRect().width > 0] : null; })")
                 shown = page.locator("#rf-output img").first
                 shown.wait_for(timeout=60_000)
             finally:
@@ -97,3 +102,4 @@ def test_page_in_headless_chromium(model, photo):
         app.close()
     assert len(expected) >= 2
     assert labels == expected
+    assert cams == [[96, True]] * len(expected)
