@@ -1,5 +1,6 @@
 """`robustfer serve`: a local web page (Gradio) where a person uploads a photo or takes one with the webcam and
-sees every face boxed, with its label and a probability bar chart per face.
+sees every face boxed, with its label and a probability bar chart per face, and beside the bars the heat map of
+where the model looked for the predicted class (infer/explain.py; PyTorch models only).
 
 The page's work is one pure function, `analyse` (RGB image -> annotated image + the per-face HTML), so it is
 tested without a browser; tests/infer/test_serve.py also drives the real page in headless Chromium. Nothing is
