@@ -19,7 +19,8 @@ COLUMNS = ["cell", "method", "control_of", "noise_type", "noise_rate", "seed", "
            "last_vote_kl", "last_top_vote_prob", "last_plausible_accuracy",
            "best_vote_kl", "best_top_vote_prob", "best_plausible_accuracy",
            # last-epoch training figures under synthetic noise, where the method logs them (trainer.noise_figures)
-           "argmax_clean_recovery", "pin_argmax_clean_recovery", "confidence_mean_flipped", "confidence_mean_clean"]
+           "argmax_clean_recovery", "pin_argmax_clean_recovery", "confidence_mean_flipped", "confidence_mean_clean",
+           "precision"]  # the training precision the cell resolved (config.json's precision_resolved)
 VOTE_KEYS = ("vote_kl", "top_vote_prob", "plausible_accuracy")
 # (column, table title) of the last-epoch training figures, tabled where any finished cell has them
 TRAINING_FIGURES = (
@@ -41,6 +42,14 @@ def history(run: Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
 
 
+def precision_of(run: Path) -> str | None:
+    """config.json's precision_resolved (fp32 / bf16) of a run folder, None where it is missing."""
+    try:
+        return json.loads((run / "config.json").read_text()).get("precision_resolved")
+    except (OSError, ValueError):
+        return None
+
+
 def cell_row(cell: Cell, run: Path) -> dict | None:
     """The results.csv row of a finished cell (None while it is not finished)."""
     if not (run / "summary.json").exists():
@@ -57,7 +66,7 @@ def cell_row(cell: Cell, run: Path) -> dict | None:
         "best_epoch": s["best"]["epoch"], "last5_accuracy": s["last5"]["accuracy"],
         "last5_mean_class_accuracy": s["last5"]["mean_class_accuracy"],
         "flagged_fraction": last.get("flagged_fraction"), "noise_precision": last.get("noise_precision"),
-        "noise_recall": last.get("noise_recall"), "epochs": s["epochs"], "wall_s": s["wall_s"],
+        "noise_recall": last.get("noise_recall"), "epochs": s["epochs"], "wall_s": s["wall_s"], "precision": precision_of(run),
         "images_per_s": s["images_per_s"],
         **{f"{blk}_{k}": s[blk].get(k) for blk in ("last", "best") for k in VOTE_KEYS},
         **{k: last.get(k) for k, _ in TRAINING_FIGURES},
@@ -125,6 +134,11 @@ def results_md(rows: list[dict], out: Path, header: str = "", detection: list[di
     seeds = sorted({r["seed"] for r in rows})
     lines = [header, f"Seeds {', '.join(map(str, seeds))} (mean ± std where more than one); accuracies in %; "
              f"best epoch chosen on {', '.join(sel)}" + (" (SELECTION ON TEST)" if "test" in sel else "") + ".", ""]
+    precisions = sorted({r["precision"] for r in rows if r.get("precision")})
+    if precisions:  # `--precision auto` follows the CPU (bf16 where it is native): a grid resumed elsewhere may mix
+        lines[2:2] = ["", f"Training precision: {', '.join(precisions)}" + (
+            " (MIXED: the cells did not all train in one precision; see the precision column of results.csv)"
+            if len(precisions) > 1 else "") + "."]
     for sweep in dict.fromkeys(r["sweep"] for r in rows):
         part = [r for r in rows if r["sweep"] == sweep]
         if sweep:

@@ -37,10 +37,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# `--precision auto` on CPUs with native bf16 (cpu_native_bf16): bf16 when True. Off for now: this project's
-# CPU benchmark grids were started with auto = fp32 on the CPU, and a grid's cells (and a run's epochs) must
-# share one precision; turn it on once they are done (issue 18, item 5; tests/train/test_precision.py).
-AUTO_BF16_ON_NATIVE_CPU = False
+# `--precision auto` on CPUs with native bf16 (cpu_native_bf16): bf16 (issue 18, item 5). A resumed run keeps the
+# precision it started with (resumed_precision); bench's results.md names each grid's precision and flags a mix.
+AUTO_BF16_ON_NATIVE_CPU = True
 
 
 def _cpu_flags() -> set[str]:

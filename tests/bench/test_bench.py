@@ -140,3 +140,18 @@ def test_results_carry_the_vote_figures_of_ferplus_cells(grid_run):
             assert float(r[f"last_{k}"]) == pytest.approx(s["last"][k]) and float(r[f"best_{k}"]) == pytest.approx(s["best"][k])
     md = (out / "results.md").read_text()
     assert "vote KL" in md and "top-vote probability" in md and "plausible accuracy" in md
+
+
+def test_results_name_the_training_precision_and_flag_a_mixed_grid(grid_run, tmp_path):
+    from robustfer.bench.collect import results_md
+
+    out, rows = grid_run
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    for r in table:  # the precision each cell resolved, as its config.json says
+        cfg = json.loads((out / "cells" / r["cell"] / "config.json").read_text())
+        assert r["precision"] == cfg["precision_resolved"] in ("fp32", "bf16")
+    one = sorted({r["precision"] for r in rows})
+    assert f"Training precision: {one[0]}." in (out / "results.md").read_text() and len(one) == 1
+    mixed = [dict(r, precision="bf16" if i == 0 else "fp32") for i, r in enumerate(rows)]
+    assert "Training precision: bf16, fp32 (MIXED" in results_md(mixed, tmp_path)
