@@ -121,7 +121,12 @@ def make_report(run: str | Path, checkpoint: str | None = None, out: str | Path 
     ck = resolve(run, checkpoint)
     say = (lambda *a: None) if quiet else (lambda s: print(s, flush=True))
     t0 = time.perf_counter()
-    model, spec, classes, saved = load_trained(ck, device)
+    for _ in range(3):  # a run still training replaces last.pt atomically: model and epoch from the same file
+        stamp = ck.stat().st_mtime_ns
+        epoch = load_epoch(ck)
+        model, spec, classes, saved = load_trained(ck, device)
+        if ck.stat().st_mtime_ns == stamp:
+            break
     cfg = TrainConfig.load(run / "config.json")
     if root is not None:
         cfg.root = root
@@ -135,7 +140,6 @@ def make_report(run: str | Path, checkpoint: str | None = None, out: str | Path 
     f_test, z_test = features_and_logits(model, np.asarray(evald.images), spec, device=device)
     train_images = np.asarray(train.images)
     f_train, z_train = features_and_logits(model, train_images, spec, device=device)
-    epoch = int(load_epoch(ck))
     times = {"load_and_features": time.perf_counter() - t0}
     say(f"features: {len(f_test)} eval + {len(f_train)} training images ({times['load_and_features']:.1f} s)")
     name = f"{saved['method']} on {cfg.dataset}" + (f", {cfg.noise}" if cfg.noise else ", clean labels" if not cfg.noise_file else f", {cfg.noise_file}")

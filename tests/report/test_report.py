@@ -125,3 +125,18 @@ def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a train run folder" in err
+
+
+def test_bench_report_makes_each_finished_cells_report_once(noisy_run, tmp_path):
+    import shutil
+
+    from robustfer.report import report_grid
+
+    for name in ("a_s1", "b_s1"):
+        shutil.copytree(noisy_run, tmp_path / "cells" / name, ignore=shutil.ignore_patterns("report"))
+    (tmp_path / "cells" / "b_s1" / "summary.json").unlink()            # an unfinished cell: no report
+    done = report_grid(tmp_path, max_points=50, top=4, quiet=True)
+    assert [d["run"] for d in done] == [str(tmp_path / "cells" / "a_s1")]
+    assert (tmp_path / "cells" / "a_s1" / "report" / "report.json").is_file()
+    assert not (tmp_path / "cells" / "b_s1" / "report").exists()
+    assert report_grid(tmp_path, max_points=50, quiet=True) == []       # a rerun keeps the finished reports
