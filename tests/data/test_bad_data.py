@@ -163,7 +163,8 @@ def test_missing_referenced_image(reader, tmp_path, cache, capsys):
 def test_root_is_a_symlink_loop(reader, tmp_path, cache, capsys):
     root = tmp_path / "data"
     loop_link(root)
-    cli_error(capsys, summary_argv(reader, root))
+    line = cli_error(capsys, summary_argv(reader, root))
+    assert f"data root {root} " in line and "pass --root" in line, line
 
 
 @pytest.mark.parametrize("reader", ["ferplus", "rafdb", "affectnet"])
