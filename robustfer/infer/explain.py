@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from robustfer.errors import RobustferError
-from robustfer.infer.predict import IMAGE_EXTS, Face, Predictor, collect_inputs, read_image
+from robustfer.infer.predict import IMAGE_EXTS, Face, Predictor, check_detector, collect_inputs, read_image
 
 SCALE = 4        # a 48 px crop is drawn at 192 px
 ALPHA = 0.45     # weight of the heat map's colours over the face
@@ -146,11 +146,7 @@ def run_explain(inputs: list[str], out: str | Path, checkpoint=None, given: str 
     probability, file); an image without a face gets the one line "PATH: no face found" (predict's) and no
     file. Exit status as predict's: 0 when every input was processed (no face counts as processed), 1 when any
     failed (one 'error:' line each); a bad model or option is a RobustferError (exit 2)."""
-    if detector is not None and not no_detect:
-        from robustfer.infer.detect import detector_names
-
-        if detector not in detector_names():
-            raise RobustferError(f"unknown face detector {detector!r}; use one of {', '.join(detector_names())}")
+    check_detector(detector, no_detect)
     items, errors = collect_inputs(inputs)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)

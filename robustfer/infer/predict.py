@@ -461,6 +461,15 @@ def timeline_png(history, classes, dst: Path, fps: float, title: str = "", max_t
 
 # ---------------------------------------------------------------- the command
 
+def check_detector(detector: str | None, no_detect: bool) -> None:
+    """A named --detector must be one robustfer has (predict, explain): one line, before any model loads."""
+    if detector is not None and not no_detect:
+        from robustfer.infer.detect import detector_names
+
+        if detector not in detector_names():
+            raise RobustferError(f"unknown face detector {detector!r}; use one of {', '.join(detector_names())}")
+
+
 def run_predict(inputs: list[str], checkpoint=None, onnx=None, out=None, as_json: bool = False, detector=None,
                 no_detect: bool = False, every: int = 1, smooth: bool = False, batch: int = 16, device: str = "cpu",
                 quiet: bool = False) -> int:
@@ -468,11 +477,7 @@ def run_predict(inputs: list[str], checkpoint=None, onnx=None, out=None, as_json
     rest still processed). A bad model or detector is a RobustferError (the CLI's one-line error, exit 2)."""
     if every < 1:
         raise RobustferError(f"--every must be >= 1, got {every}")
-    if detector is not None and not no_detect:
-        from robustfer.infer.detect import detector_names
-
-        if detector not in detector_names():
-            raise RobustferError(f"unknown face detector {detector!r}; use one of {', '.join(detector_names())}")
+    check_detector(detector, no_detect)
     items, errors = collect_inputs(inputs)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
