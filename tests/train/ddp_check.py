@@ -14,13 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image
 
 TINY = "tiny_gn"
-CLASSES = ("anger", "happiness", "neutral", "sadness")
 
 
 class TinyGN(nn.Module):
@@ -43,20 +40,6 @@ def register_tiny(models: dict) -> None:
     from robustfer.models import ModelEntry
 
     models[TINY] = ModelEntry(lambda in_chans=1: TinyGN(in_chans), 16, 1, 2)
-
-
-def make_data(root: Path, per_class: int = 32, test_per_class: int = 8, seed: int = 0) -> Path:
-    """Folder layout, 4 classes: class k = a bright band at rows 12k..12k+11 of a dark noisy 48 x 48 image."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", per_class), ("test", test_per_class)):
-        for k, c in enumerate(CLASSES):
-            folder = root / split / c
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = rng.integers(0, 40, (48, 48)).astype(np.uint8)
-                a[12 * k:12 * k + 12] = rng.integers(200, 256, (12, 48))
-                Image.fromarray(a, "L").save(folder / f"{i:03d}.png")
-    return root
 
 
 def config(root: Path, out: Path, **kw):

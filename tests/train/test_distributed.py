@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import ddp_check
+from toy_data import make_band_faces
 from robustfer.data.stream import RowView, StreamedImages, place_images, take_rows
 from robustfer.errors import RobustferError
 from robustfer.methods import Batch, method_class
@@ -42,7 +43,7 @@ def rows(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return ddp_check.make_data(tmp_path_factory.mktemp("bands"))
+    return make_band_faces(tmp_path_factory.mktemp("bands"), per_class=32)
 
 
 @pytest.fixture(scope="module")
